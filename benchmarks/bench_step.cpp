@@ -1,0 +1,81 @@
+// One training step (forward + backward + AdamW) of a preset on the CPU backend: tokens/s, MFU
+// against this machine's measured sgemm peak, and the measured peak RSS against the analytic
+// memory estimate of `nuri train --dry-run`.
+//   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "nuri/backend.hpp"
+#include "nuri/error.hpp"
+#include "nuri/model.hpp"
+#include "nuri/optim.hpp"
+#include "nuri/rng.hpp"
+#include "nuri/timer.hpp"
+#include "nuri/train.hpp"
+
+int main(int argc, char** argv) {
+  std::string preset = "gpt2-tiny";
+  int B = 8, T = 256, steps = 10, threads = 0, vocab = 0;
+  bool recompute = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "%s needs a value\n", a.c_str()), std::exit(2), argv[0]); };
+    if (a == "--preset") preset = next();
+    else if (a == "--batch") B = std::atoi(next());
+    else if (a == "--seq") T = std::atoi(next());
+    else if (a == "--steps") steps = std::atoi(next());
+    else if (a == "--threads") threads = std::atoi(next());
+    else if (a == "--vocab") vocab = std::atoi(next());
+    else if (a == "--recompute") recompute = true;
+    else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
+  }
+  try {
+    auto backend = nuri::make_backend("cpu", threads);
+    nuri::ModelConfig cfg = nuri::model_preset(preset);
+    if (vocab > 0) cfg.vocab_size = vocab;
+    cfg.recompute = recompute;
+    const double peak = nuri::measure_peak_gflops(*backend);
+    nuri::Model model(cfg, *backend);
+    model.init_weights(1);
+    nuri::OptimConfig ocfg;
+    nuri::AdamW opt(ocfg, model, *backend);
+    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+    nuri::Rng rng(3);
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = int32_t(rng.below(cfg.vocab_size));
+      y[i] = int32_t(rng.below(cfg.vocab_size));
+    }
+    std::vector<double> times;
+    for (int s = 0; s < steps + 1; ++s) {
+      nuri::Timer t;
+      model.zero_grads();
+      model.forward_backward(x.data(), y.data(), B, T);
+      opt.step(1e-4, opt.grad_norm());
+      if (s > 0) times.push_back(t.seconds());  // the first step warms up
+    }
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    const double tok_s = double(B) * T / median;
+    const double flops = cfg.train_flops_per_token(T) * tok_s;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const double rss = double(ru.ru_maxrss) * 1024.0;
+    const double est = nuri::estimate_memory(cfg, B, T).total(recompute);
+    std::printf("%s B=%d T=%d threads=%d%s: median step %.3f s, %.0f tokens/s, %.1f GFLOP/s, "
+                "MFU %.1f%% of measured sgemm peak %.1f GFLOP/s; peak RSS %.0f MiB vs estimate %.0f MiB (%.2fx)\n",
+                preset.c_str(), B, T, backend->threads(), recompute ? " recompute" : "", median, tok_s,
+                flops / 1e9, 100 * flops / 1e9 / peak, peak, rss / 1048576, est / 1048576, rss / est);
+    std::printf("NURI tokens_per_s=%.1f mfu=%.4f peak_gflops=%.1f rss_ratio=%.3f\n", tok_s,
+                flops / 1e9 / peak, peak, rss / est);
+  } catch (const nuri::Error& e) {
+    std::fprintf(stderr, "bench_step: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,129 @@
+#pragma once
+// The Backend interface: memory and the op set every model is built from.
+//
+// All tensors are fp32, row-major, given as raw pointers plus sizes. Shapes are in the comments:
+// N = rows (B*T), C = channels, V = vocab, H = query heads, KV = key/value heads, D = head dim.
+// Conventions shared by every op:
+//   - parameter gradients (dweight, dbias, ...) are ACCUMULATED (+=), so micro-batches add up;
+//   - activation gradients are OVERWRITTEN, except where an op says "accumulates into dinp"
+//     (the norms, which sit on the residual stream and add their gradient to it).
+// The `cpu` backend is the reference. Callers ask `supports()` rather than testing the type.
+// Ops are not thread-safe with respect to one another on the same backend object.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace nuri {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual int threads() const = 0;
+
+  // ---- memory (owned by the caller until free) ----
+  virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned
+  virtual void free(float* ptr) = 0;
+  virtual void zero(float* ptr, size_t count) = 0;
+  virtual void copy(float* dst, const float* src, size_t count) = 0;
+
+  // ---- dense algebra ----
+  // C (M,N) = alpha * op(A) op(B) + beta * C, op(X) = X or X^T. lda/ldb/ldc are row strides.
+  virtual void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                    int lda, const float* B, int ldb, float beta, float* C, int ldc) = 0;
+  // out (N,OC) = inp (N,IC) @ weight(OC,IC)^T + bias (OC) [bias may be null]. If accumulate,
+  // out += instead of =.
+  virtual void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
+                              int N, int IC, int OC, bool accumulate) = 0;
+  // dinp (N,IC) = dout @ weight (dinp may be null); dweight (OC,IC) += dout^T @ inp;
+  // dbias (OC) += column sums of dout (dbias may be null).
+  virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const float* inp, const float* weight, int N, int IC, int OC) = 0;
+  // out = a + b (n elements); out may alias a or b.
+  virtual void add(float* out, const float* a, const float* b, size_t n) = 0;
+  // x *= s
+  virtual void scale(float* x, float s, size_t n) = 0;
+  // sum of x^2 (double accumulation)
+  virtual double sum_squares(const float* x, size_t n) = 0;
+
+  // ---- norms ----
+  // out (N,C) = (inp - mean) * rstd * weight + bias; saves mean (N), rstd (N).
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int N, int C,
+                                 float eps) = 0;
+  // Accumulates into dinp (N,C); dweight, dbias (C) +=.
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                  const float* inp, const float* weight, const float* mean,
+                                  const float* rstd, int N, int C) = 0;
+  // out (N,C) = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps); saves rstd (N).
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight,
+                               int N, int C, float eps) = 0;
+  // Accumulates into dinp (N,C); dweight (C) +=.
+  virtual void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                                const float* weight, const float* rstd, int N, int C) = 0;
+
+  // ---- activations ----
+  // GELU, tanh approximation (GPT-2's "gelu_new"). out may alias inp.
+  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+  // out (N,F) = silu(inp[:, :F]) * inp[:, F:], inp (N,2F) = [gate | up].
+  virtual void swiglu_forward(float* out, const float* inp, int N, int F) = 0;
+  // dinp (N,2F) from dout (N,F).
+  virtual void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) = 0;
+
+  // ---- positions ----
+  // Rotary embedding in place on x (B,T,nh,D) with row stride `row_stride` floats between
+  // consecutive (b,t) rows (heads are contiguous, D apart). Half-split layout (Hugging Face
+  // Llama / GPT-NeoX): pairs (i, i + D/2) rotate by angle t * theta^(-2i/D). inverse=true rotates
+  // back (the backward of the forward rotation).
+  virtual void rope(float* x, int B, int T, int nh, int D, int row_stride, float theta,
+                    bool inverse) = 0;
+
+  // ---- attention ----
+  // Causal scaled-dot-product attention with grouped-query heads (H % KV == 0, query head h
+  // reads kv head h / (H/KV)). qkv (B,T,(H+2KV)*D) holds [q heads | k heads | v heads] per row.
+  // out (B,T,H*D); lse (B,H,T) log-sum-exp of each score row, saved for the backward. No T x T
+  // matrix is kept: the backward recomputes scores from q, k and lse.
+  virtual void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H,
+                                 int KV, int D) = 0;
+  // dqkv (B,T,(H+2KV)*D) overwritten.
+  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
+                                  const float* out, const float* lse, int B, int T, int H, int KV,
+                                  int D) = 0;
+
+  // ---- embedding ----
+  // out (N,C) = wte[tokens[n]] (+ wpe[n % T] when wpe is non-null). tokens in [0, V).
+  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
+                                 const float* wpe, int N, int T, int C) = 0;
+  // dwte[tokens[n]] += dout[n]; dwpe[n % T] += dout[n] when dwpe is non-null.
+  virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                  const int32_t* tokens, int N, int T, int C) = 0;
+
+  // ---- loss ----
+  // Softmax cross-entropy fused with the LM head: logits = x (N,C) @ weight (V,C)^T, computed in
+  // chunks of rows so the full (N,V) logits are never kept. Targets < 0 are ignored.
+  // Returns the SUM of the losses over non-ignored rows (the caller divides).
+  // When dx is non-null: dx (N,C) = grad_scale * dloss/dx and dweight (V,C) += grad_scale *
+  // dloss/dweight, where loss is the sum above.
+  virtual double lm_head_cross_entropy(float* dx, float* dweight, const float* x,
+                                       const float* weight, const int32_t* targets, int N, int C,
+                                       int V, float grad_scale) = 0;
+  // logits (N,V) = x (N,C) @ weight (V,C)^T, for sampling.
+  virtual void lm_head_logits(float* logits, const float* x, const float* weight, int N, int C,
+                              int V) = 0;
+
+  // ---- optimizer ----
+  // AdamW with decoupled weight decay, bias-corrected, step >= 1:
+  //   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat)+eps) + wd p),
+  // where g = grad * grad_scale.
+  virtual void adamw_update(float* param, const float* grad, float* m, float* v, size_t n,
+                            float lr, float beta1, float beta2, float eps, float weight_decay,
+                            int step, float grad_scale) = 0;
+};
+
+// Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the
+// default (cores on this node / ranks on this node). Throws Error(backend) naming what is missing.
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0);
+
+}  // namespace nuri

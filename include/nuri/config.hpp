@@ -1,0 +1,78 @@
+#pragma once
+// Run configuration: a TOML file plus `--set section.key=value` overrides.
+//
+//   nuri::RunConfig cfg = nuri::load_run_config("run.toml", {"optim.lr=3e-4", "model.n_layer=4"});
+//
+// Every key is known: an unknown key, a value of the wrong type or out of range is an Error
+// (kind config) that names the key, the file and what is allowed. `describe_config_keys()` lists
+// every key with its default and meaning (printed by `nuri train --help-config`).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nuri/model.hpp"
+
+namespace nuri {
+
+struct DataConfig {
+  std::vector<std::string> train_files;  // text files (UTF-8); documents separated by blank lines
+  std::string tokenizer = "bytes";       // "bytes": byte-level, 256 ids + end-of-text (id 256)
+  double val_fraction = 0.05;            // the last fraction of each file's documents is held out
+};
+
+struct OptimConfig {
+  double lr = 3e-4;
+  double min_lr = 3e-5;
+  int warmup_steps = 20;
+  std::string schedule = "cosine";  // "cosine" | "wsd" (warmup-stable-decay) | "constant"
+  double decay_fraction = 0.2;      // wsd: the last fraction of steps decays linearly to min_lr
+  double weight_decay = 0.1;        // decoupled; never on norms, biases (1-D parameters)
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // global L2 norm; 0 disables
+};
+
+struct TrainConfig {
+  int steps = 300;
+  int batch_size = 8;    // sequences per micro-batch
+  int seq_len = 128;     // tokens per sequence
+  int grad_accum = 1;    // micro-batches per optimizer step
+  int eval_every = 50;   // 0: only at the end
+  int eval_batches = 8;  // validation micro-batches per evaluation
+  int log_every = 1;
+  uint64_t seed = 1234;
+  std::string run_dir = "runs/default";
+  int threads = 0;                   // 0: cores of this node / ranks on this node
+  double peak_gflops = 0;            // MFU denominator; 0: measure sgemm at start-up
+  std::string nonfinite = "skip";    // "skip" the update or "stop" the run on a NaN/inf loss
+  int max_nonfinite_skips = 5;       // consecutive skipped steps before the run stops anyway
+  std::string sample_prompt = "";    // sampled at the end (and every sample_every steps)
+  int sample_every = 0;
+  int sample_tokens = 200;
+  double sample_temperature = 0.8;
+  int sample_top_k = 40;
+  bool save = true;  // write run_dir/model.bin at the end
+};
+
+struct RunConfig {
+  std::string backend = "cpu";  // "cpu" | "cuda"
+  std::string source;           // the file the config came from (for messages)
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  TrainConfig train;
+};
+
+// Loads `path` (may be empty: defaults only), then applies `overrides` ("section.key=value",
+// the value in TOML syntax; a bare word is taken as a string). Throws Error(config) on any
+// unknown key or bad value, and Error(shape) if the model shape is inconsistent.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// One line per key: "section.key  default  meaning".
+std::string describe_config_keys();
+
+// The whole configuration as TOML (written into the run directory for reproducibility).
+std::string to_toml(const RunConfig& cfg);
+
+}  // namespace nuri

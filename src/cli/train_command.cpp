@@ -1,0 +1,79 @@
+// nuri train: run a training from a TOML config with --set overrides; --dry-run only plans.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "nuri/config.hpp"
+#include "nuri/model.hpp"
+#include "nuri/train.hpp"
+
+namespace nuri::cli {
+
+namespace {
+
+struct TrainOptions {
+  std::string config;
+  std::vector<std::string> overrides;
+  bool dry_run = false;
+  bool help_config = false;
+};
+
+std::string gib(double bytes) {
+  char buf[32];
+  if (bytes >= 1024.0 * 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024));
+  }
+  return buf;
+}
+
+void dry_run(const RunConfig& cfg) {
+  const ModelConfig& m = cfg.model;
+  const TrainConfig& t = cfg.train;
+  const MemoryEstimate e = estimate_memory(m, t.batch_size, t.seq_len);
+  std::printf("model        %s (%s family): %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, "
+              "max_seq_len %d, %s embeddings\n",
+              m.preset.c_str(), m.family.c_str(), m.n_layer, m.d_model, m.n_head, m.n_kv_head,
+              m.d_ff, m.vocab_size, m.max_seq_len, m.tied_embeddings ? "tied" : "untied");
+  std::printf("parameters   %lld (%.3f B)\n", (long long)m.num_params(), double(m.num_params()) / 1e9);
+  std::printf("FLOPs/token  %.3g (training, seq_len %d)\n", m.train_flops_per_token(t.seq_len), t.seq_len);
+  std::printf("memory estimate, one device, fp32, micro-batch %d x %d:\n", t.batch_size, t.seq_len);
+  std::printf("  parameters          %s\n", gib(e.params_bytes).c_str());
+  std::printf("  gradients           %s\n", gib(e.grads_bytes).c_str());
+  std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
+  std::printf("  activations         %s (with model.recompute: %s)\n", gib(e.activations_bytes).c_str(),
+              gib(e.activations_recompute_bytes).c_str());
+  std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
+              gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto opt = std::make_shared<TrainOptions>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML config");
+  cmd->add_option("-c,--config", opt->config, "TOML config file (see examples/configs/)");
+  cmd->add_option("-s,--set", opt->overrides,
+                  "Override a key: section.key=value, TOML value syntax (repeatable)")
+      ->take_all();
+  cmd->add_flag("--dry-run", opt->dry_run,
+                "Print the parameter count and memory estimate, then exit without training");
+  cmd->add_flag("--help-config", opt->help_config, "List every config key with its default");
+  cmd->footer("Writes run_dir/config.toml, metrics.jsonl, sample.txt and model.bin.");
+  cmd->callback([opt] {
+    if (opt->help_config) {
+      std::printf("Config keys (section.key  default  meaning):\n%s", describe_config_keys().c_str());
+      return;
+    }
+    RunConfig cfg = load_run_config(opt->config, opt->overrides);
+    if (opt->dry_run) {
+      dry_run(cfg);
+      return;
+    }
+    train(cfg);
+  });
+}
+
+}  // namespace nuri::cli

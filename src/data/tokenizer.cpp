@@ -1,0 +1,64 @@
+// The byte-level tokenizer (ids 0..255 = bytes, 256 = end-of-text) and UTF-8 sanitizing.
+// The BPE tokenizer will implement the same Tokenizer interface.
+#include "nuri/data.hpp"
+#include "nuri/error.hpp"
+
+namespace nuri {
+
+namespace {
+
+class ByteTokenizer final : public Tokenizer {
+ public:
+  std::string name() const override { return "bytes"; }
+  int vocab_size() const override { return 257; }
+  int eot_id() const override { return 256; }
+  std::vector<int32_t> encode(const std::string& text) const override {
+    std::vector<int32_t> ids(text.size());
+    for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
+    return ids;
+  }
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    out.reserve(ids.size());
+    for (int32_t id : ids)
+      if (id >= 0 && id < 256) out.push_back(static_cast<char>(id));
+    return out;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
+  if (name == "bytes") return std::make_unique<ByteTokenizer>();
+  NURI_THROW(config, "data.tokenizer", "unknown tokenizer '" << name << "'; available: bytes");
+}
+
+std::string sanitize_utf8(const std::string& s) {
+  static const char kReplacement[] = "\xEF\xBF\xBD";
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = len > 0 && i + len <= s.size();
+    for (int k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok && len > 1) {
+      // Reject overlong forms, surrogates and code points above U+10FFFF.
+      uint32_t cp = c & (0x7F >> len);
+      for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+      const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+      ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    }
+    if (ok) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += kReplacement;
+      i += 1;
+    }
+  }
+  return out;
+}
+
+}  // namespace nuri

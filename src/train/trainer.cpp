@@ -1,0 +1,244 @@
+// The training loop: data -> model -> loss -> backward -> clip -> AdamW, with evaluation,
+// progress lines, JSONL metrics, sampling and the model file.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "nuri/backend.hpp"
+#include "nuri/data.hpp"
+#include "nuri/error.hpp"
+#include "nuri/log.hpp"
+#include "nuri/model.hpp"
+#include "nuri/optim.hpp"
+#include "nuri/timer.hpp"
+#include "nuri/train.hpp"
+
+namespace nuri {
+
+namespace {
+
+std::string clock_text(double seconds) {
+  const long s = long(std::max(0.0, seconds) + 0.5);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+  }
+  return buf;
+}
+
+std::string with_commas(double v) {
+  std::string s = std::to_string(long(v + 0.5));
+  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+  return s;
+}
+
+std::string bar(int done, int total, int width = 20) {
+  const int filled = total > 0 ? int(double(done) / total * width + 0.5) : width;
+  return "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.') + "]";
+}
+
+double evaluate(Model& model, const std::vector<int32_t>& val, int B, int T, int batches) {
+  std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+  double sum = 0;
+  for (int i = 0; i < batches; ++i) {
+    eval_batch(val, B, T, i, x.data(), y.data());
+    sum += model.forward_loss(x.data(), y.data(), B, T);
+  }
+  return sum / batches;
+}
+
+}  // namespace
+
+double measure_peak_gflops(Backend& backend) {
+  const int n = 1024;
+  float* a = backend.alloc(size_t(n) * n);
+  float* b = backend.alloc(size_t(n) * n);
+  float* c = backend.alloc(size_t(n) * n);
+  double best = 0;
+  Timer total;
+  for (int rep = 0; rep < 20 && (rep < 3 || total.seconds() < 1.0); ++rep) {
+    Timer t;
+    backend.gemm(false, true, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    best = std::max(best, 2.0 * n * n * n / t.seconds() / 1e9);
+  }
+  backend.free(a);
+  backend.free(b);
+  backend.free(c);
+  return best;
+}
+
+TrainResult train(const RunConfig& cfg) {
+  const TrainConfig& tc = cfg.train;
+  std::unique_ptr<Backend> backend = make_backend(cfg.backend, tc.threads);
+  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(cfg.data.tokenizer);
+  NURI_CHECK(cfg.model.vocab_size >= tokenizer->vocab_size(), config, "train",
+             "model.vocab_size (" << cfg.model.vocab_size << ") is smaller than the "
+                                  << tokenizer->name() << " tokenizer's vocabulary ("
+                                  << tokenizer->vocab_size() << "); set model.vocab_size = "
+                                  << tokenizer->vocab_size());
+  NURI_CHECK(tc.seq_len <= cfg.model.max_seq_len, config, "train",
+             "train.seq_len (" << tc.seq_len << ") exceeds model.max_seq_len (" << cfg.model.max_seq_len << ")");
+
+  const TokenDataset data = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
+  const bool have_val = data.val.size() > size_t(tc.seq_len) + 1;
+  const double unigram = have_val ? unigram_loss(data.train, data.val, tokenizer->vocab_size()) : 0.0;
+
+  Model model(cfg.model, *backend);
+  model.init_weights(tc.seed);
+  AdamW optimizer(cfg.optim, model, *backend);
+  BatchLoader loader(data.train, tc.batch_size, tc.seq_len, tc.seed);
+
+  const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend);
+  const double flops_per_token = cfg.model.train_flops_per_token(tc.seq_len);
+  const int64_t tokens_per_step = int64_t(tc.batch_size) * tc.seq_len * tc.grad_accum;
+  const MemoryEstimate mem = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
+
+  NURI_INFO("nuri: " << cfg.model.family << " model (" << cfg.model.preset << " base), "
+                     << cfg.model.n_layer << " layers, d_model " << cfg.model.d_model << ", "
+                     << cfg.model.n_head << " heads (" << cfg.model.n_kv_head << " kv), vocab "
+                     << cfg.model.vocab_size << ": " << with_commas(double(model.num_params()))
+                     << " parameters");
+  NURI_INFO("data: " << with_commas(double(data.train.size())) << " training and "
+                     << with_commas(double(data.val.size())) << " validation tokens ("
+                     << tokenizer->name() << " tokenizer) from " << data.files.size() << " file(s)"
+                     << (have_val ? "; unigram baseline " : "") << (have_val ? std::to_string(unigram) : std::string())
+                     << (have_val ? " nats/token" : "; no validation split"));
+  NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
+                    << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
+                    << tc.grad_accum << "), backend " << backend->name() << " with "
+                    << backend->threads() << " threads, estimated memory "
+                    << std::lround(mem.total(cfg.model.recompute) / 1048576.0) << " MiB");
+  NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
+                                    << (tc.peak_gflops > 0 ? "train.peak_gflops" : "this machine's measured sgemm peak")
+                                    << "), at " << std::lround(flops_per_token / 1e6)
+                                    << " MFLOP per token");
+
+  std::filesystem::create_directories(tc.run_dir);
+  {
+    std::ofstream out(tc.run_dir + "/config.toml");
+    out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
+  }
+  TrainResult result;
+  result.metrics_path = tc.run_dir + "/metrics.jsonl";
+  std::ofstream metrics(result.metrics_path, std::ios::trunc);
+  NURI_CHECK(metrics.good(), io, "train", "cannot write '" << result.metrics_path << "'");
+  result.unigram_val_loss = unigram;
+
+  std::vector<int32_t> x(size_t(tc.batch_size) * tc.seq_len), y(x.size());
+  Timer run_clock;
+  double timed_seconds = 0;  // steps after the first (which includes warm-up)
+  int timed_steps = 0;
+  int skips_in_row = 0;
+  auto do_sample = [&](int step) {
+    if (tc.sample_tokens <= 0) return std::string();
+    SampleOptions so;
+    so.max_tokens = tc.sample_tokens;
+    so.temperature = tc.sample_temperature;
+    so.top_k = tc.sample_top_k;
+    so.seed = tc.seed + uint64_t(step);
+    const std::vector<int32_t> prompt = tokenizer->encode(tc.sample_prompt);
+    const std::string text = sanitize_utf8(tc.sample_prompt + tokenizer->decode(sample(model, prompt, so, tokenizer->eot_id())));
+    NURI_INFO("sample at step " << step << ":\n" << text << "\n");
+    return text;
+  };
+
+  for (int step = 0; step < tc.steps; ++step) {
+    Timer step_clock;
+    const double lr = learning_rate(cfg.optim, step, tc.steps);
+    model.zero_grads();
+    double loss = 0;
+    for (int micro = 0; micro < tc.grad_accum; ++micro) {
+      loader.next(x.data(), y.data());
+      loss += model.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
+                                     1.0f / float(tc.grad_accum));
+    }
+    loss /= tc.grad_accum;
+    const double norm = optimizer.grad_norm();
+    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    if (finite) {
+      optimizer.step(lr, norm);
+      skips_in_row = 0;
+    } else {
+      ++result.skipped_steps;
+      ++skips_in_row;
+      const std::string what = std::isfinite(loss) ? "the gradient norm is " + std::to_string(norm)
+                                                   : "the loss is " + std::to_string(loss);
+      if (tc.nonfinite == "stop") {
+        NURI_THROW(numeric, "train", "step " << step + 1 << ": " << what
+                                             << "; stopping (train.nonfinite = \"stop\"). Lower optim.lr, "
+                                             << "check the data, or set train.nonfinite = \"skip\"");
+      }
+      if (skips_in_row > tc.max_nonfinite_skips) {
+        NURI_THROW(numeric, "train", "step " << step + 1 << ": " << what << " for " << skips_in_row
+                                             << " steps in a row (train.max_nonfinite_skips = "
+                                             << tc.max_nonfinite_skips << "); stopping. Lower optim.lr or check the data");
+      }
+      NURI_WARN("step " << step + 1 << ": " << what << "; update skipped (train.nonfinite = \"skip\", "
+                        << skips_in_row << " of at most " << tc.max_nonfinite_skips << " in a row)");
+    }
+    const double dt = step_clock.seconds();
+    if (step > 0 || tc.steps == 1) {
+      timed_seconds += dt;
+      ++timed_steps;
+    }
+    const double tok_s = double(tokens_per_step) / dt;
+    const double mfu = flops_per_token * tok_s / (peak * 1e9);
+    const double per_step = timed_steps ? timed_seconds / timed_steps : dt;
+    const double elapsed = run_clock.seconds();
+    result.final_train_loss = loss;
+    result.steps_done = step + 1;
+
+    if ((step + 1) % tc.log_every == 0 || step == 0 || step + 1 == tc.steps) {
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "step %*d/%d %s loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | %s elapsed, ETA %s",
+                    int(std::to_string(tc.steps).size()), step + 1, tc.steps,
+                    bar(step + 1, tc.steps).c_str(), loss, lr, norm, with_commas(tok_s).c_str(),
+                    100 * mfu, clock_text(elapsed).c_str(),
+                    clock_text(per_step * (tc.steps - step - 1)).c_str());
+      NURI_INFO(line);
+    }
+    nlohmann::json rec = {{"type", "train"}, {"step", step + 1}, {"loss", finite ? loss : -1.0},
+                          {"lr", lr}, {"grad_norm", std::isfinite(norm) ? norm : -1.0},
+                          {"tokens_per_s", tok_s}, {"mfu", mfu}, {"elapsed_s", elapsed},
+                          {"tokens", tokens_per_step * (step + 1)}, {"skipped", !finite}};
+    metrics << rec.dump() << "\n";
+
+    const bool last = step + 1 == tc.steps;
+    if (have_val && ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last)) {
+      const double val = evaluate(model, data.val, tc.batch_size, tc.seq_len, tc.eval_batches);
+      result.final_val_loss = val;
+      NURI_INFO("step " << step + 1 << ": validation loss " << val << " (unigram baseline " << unigram << ")");
+      metrics << nlohmann::json{{"type", "eval"}, {"step", step + 1}, {"val_loss", val},
+                                {"unigram_val_loss", unigram}}.dump()
+              << "\n";
+    }
+    metrics.flush();
+    if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && !last) do_sample(step + 1);
+  }
+  result.tokens_per_second = timed_seconds > 0 ? double(tokens_per_step) * timed_steps / timed_seconds : 0;
+
+  const std::string text = do_sample(tc.steps);
+  if (!text.empty()) {
+    std::ofstream(tc.run_dir + "/sample.txt") << text << "\n";
+  }
+  if (tc.save) {
+    result.model_path = tc.run_dir + "/model.bin";
+    save_model(result.model_path, model);
+  }
+  NURI_INFO("done: " << result.steps_done << " steps in " << clock_text(run_clock.seconds()) << ", "
+                     << with_commas(result.tokens_per_second) << " tokens/s; final train loss "
+                     << result.final_train_loss
+                     << (have_val ? ", validation loss " + std::to_string(result.final_val_loss) : std::string()));
+  NURI_INFO("metrics: " << result.metrics_path << "   config: " << tc.run_dir << "/config.toml"
+                        << (tc.save ? "   model: " + result.model_path : std::string()));
+  return result;
+}
+
+}  // namespace nuri

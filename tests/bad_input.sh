@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Bad input through the CLI: each case must exit non-zero, print a message that names the
+# problem, and not crash (no signal exit codes). Usage: bad_input.sh NURI WORKDIR CORPUS_DIR
+set -u
+nuri=$1 work=$2 corpus=$3
+mkdir -p "$work"
+failures=0 cases=0
+
+# expect NAME EXPECTED_EXIT PATTERN -- ARGS...
+expect() {
+  local name=$1 want=$2 pattern=$3
+  shift 4
+  cases=$((cases + 1))
+  local out rc
+  out=$("$nuri" "$@" 2>&1)
+  rc=$?
+  if [ "$rc" -ne "$want" ]; then
+    echo "FAIL $name: exit code $rc, expected $want. Output:"; echo "$out" | tail -5
+    failures=$((failures + 1))
+  elif ! grep -qF -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: message lacks '$pattern'. Output:"; echo "$out" | tail -5
+    failures=$((failures + 1))
+  else
+    echo "ok   $name: $(grep -F -- "$pattern" <<<"$out" | head -1)"
+  fi
+}
+
+base=(train --set model.preset=gpt2-tiny --set model.n_layer=1 --set model.d_model=32 --set model.n_head=2
+      --set model.vocab_size=257 --set train.steps=2 --set train.seq_len=32 --set train.batch_size=2
+      --set train.peak_gflops=100 --set "train.run_dir=\"$work/run\""
+      --set "data.train_files=[\"$corpus/en_moby_dick.txt\"]")
+
+printf '[model]\nn_layers = 4\n' > "$work/typo.toml"
+expect "unknown config key" 2 "unknown key 'model.n_layers' at $work/typo.toml:2 (did you mean 'model.n_layer'?)" -- \
+  train --config "$work/typo.toml"
+expect "unknown --set key" 2 "unknown key 'optim.learning_rate'" -- "${base[@]}" --set optim.learning_rate=1
+expect "n_head not dividing d_model" 2 "model.n_head (3) must divide model.d_model (32)" -- \
+  "${base[@]}" --set model.n_head=3
+expect "missing data file" 1 "cannot open data file '$work/missing.txt'" -- \
+  "${base[@]}" --set "data.train_files=[\"$work/missing.txt\"]"
+expect "missing config file" 1 "cannot open config file '$work/nope.toml'" -- train --config "$work/nope.toml"
+expect "bad value type" 2 "key 'train.steps' at --set train.steps=many must be an integer" -- \
+  "${base[@]}" --set train.steps=many
+expect "vocab smaller than tokenizer" 2 "model.vocab_size (100) is smaller than the bytes tokenizer's vocabulary (257)" -- \
+  "${base[@]}" --set model.vocab_size=100
+expect "cuda requested but absent" 1 "CUDA" -- "${base[@]}" --set backend=cuda
+expect "NaN loss stops the run" 1 "stopping (train.nonfinite = \"stop\")" -- \
+  "${base[@]}" --set optim.lr=1e10 --set optim.min_lr=1e10 --set optim.warmup_steps=0 --set optim.grad_clip=0 \
+  --set train.steps=40 --set train.nonfinite=stop
+printf 'garbage' > "$work/model.bin"
+expect "generate from a non-model file" 1 "is not a nuri model file" -- generate --model "$work/model.bin" --prompt hi
+expect "generate without --model" 106 "--model is required" -- generate --prompt hi
+
+echo "$((cases - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
