@@ -25,7 +25,7 @@ expect() {
   fi
 }
 
-base=(train --set model.preset=gpt2-tiny --set model.n_layer=1 --set model.d_model=32 --set model.n_head=2
+base=(train --set model.preset=gpt2-tiny --set model.n_layer=1 --set model.d_model=32 --set model.n_head=2 --set model.n_kv_head=2
       --set model.vocab_size=257 --set train.steps=2 --set train.seq_len=32 --set train.batch_size=2
       --set train.peak_gflops=100 --set "train.run_dir=\"$work/run\""
       --set "data.train_files=[\"$corpus/en_moby_dick.txt\"]")
@@ -34,8 +34,8 @@ printf '[model]\nn_layers = 4\n' > "$work/typo.toml"
 expect "unknown config key" 2 "unknown key 'model.n_layers' at $work/typo.toml:2 (did you mean 'model.n_layer'?)" -- \
   train --config "$work/typo.toml"
 expect "unknown --set key" 2 "unknown key 'optim.learning_rate'" -- "${base[@]}" --set optim.learning_rate=1
-expect "n_head not dividing d_model" 2 "model.n_head (3) must divide model.d_model (32)" -- \
-  "${base[@]}" --set model.n_head=3
+expect "n_head not dividing d_model" 2 "model.n_head (3) must divide model.d_model (32); the nearest that do are 2 and 4" -- \
+  "${base[@]}" --set model.n_head=3 --set model.n_kv_head=3
 expect "missing data file" 1 "cannot open data file '$work/missing.txt'" -- \
   "${base[@]}" --set "data.train_files=[\"$work/missing.txt\"]"
 expect "missing config file" 1 "cannot open config file '$work/nope.toml'" -- train --config "$work/nope.toml"

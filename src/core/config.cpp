@@ -6,6 +6,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -14,14 +15,6 @@
 namespace nuri {
 
 namespace {
-
-// Where a value came from, for messages: "run.toml:12" or "--set optim.lr=...".
-std::string where(const toml::node& node, const std::string& file) {
-  const auto& src = node.source();
-  if (src.begin.line > 0 && !file.empty()) return file + ":" + std::to_string(src.begin.line);
-  if (src.path && !src.path->empty()) return *src.path;
-  return file.empty() ? "config" : file;
-}
 
 struct Key {
   std::string name;  // "section.key"
@@ -231,8 +224,10 @@ void flatten(const toml::table& table, const std::string& prefix,
   }
 }
 
-// Parses "section.key=value" into the table (the value in TOML syntax, else a bare string).
-void apply_override(toml::table& root, const std::string& text) {
+// Parses "section.key=value" into the table (the value in TOML syntax, else a bare string) and
+// records where the key came from.
+void apply_override(toml::table& root, const std::string& text,
+                    std::map<std::string, std::string>& origin) {
   const size_t eq = text.find('=');
   NURI_CHECK(eq != std::string::npos && eq > 0, config, "--set",
              "override '" << text << "' must look like section.key=value (e.g. optim.lr=3e-4)");
@@ -253,6 +248,7 @@ void apply_override(toml::table& root, const std::string& text) {
     NURI_CHECK(t, config, "--set", "override '" << text << "': '" << part << "' is not a section");
   }
   t->insert_or_assign(key.substr(start), *parsed["v"].node());
+  origin[key] = "--set " + text;
 }
 
 }  // namespace
@@ -272,7 +268,15 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
                                                   << e.source().begin.column << ": " << e.description());
     }
   }
-  for (const auto& o : overrides) apply_override(root, o);
+  std::map<std::string, std::string> origin;  // key -> "--set ..." for overridden keys
+  for (const auto& o : overrides) apply_override(root, o, origin);
+  auto where = [&](const std::string& name, const toml::node& node) {
+    auto it = origin.find(name);
+    if (it != origin.end()) return it->second;
+    const auto& src = node.source();
+    if (src.begin.line > 0 && !path.empty()) return path + ":" + std::to_string(src.begin.line);
+    return path.empty() ? std::string("config") : path;
+  };
 
   std::vector<std::pair<std::string, const toml::node*>> entries;
   flatten(root, "", entries);
@@ -281,7 +285,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   for (const auto& [name, node] : entries) {
     bool known = std::any_of(keys.begin(), keys.end(), [&](const Key& k) { return k.name == name; });
     if (!known) {
-      NURI_THROW(config, "config", "unknown key '" << name << "' at " << where(*node, path)
+      NURI_THROW(config, "config", "unknown key '" << name << "' at " << where(name, *node)
                                                    << suggestion(name, keys)
                                                    << "; `nuri train --help-config` lists every key");
     }
@@ -290,13 +294,13 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   for (const auto& [name, node] : entries) {
     if (name != "model.preset") continue;
     auto v = node->value_exact<std::string>();
-    if (!v) bad_type(name, "a string", where(*node, path));
+    if (!v) bad_type(name, "a string", where(name, *node));
     cfg.model = model_preset(*v);
   }
   for (const auto& [name, node] : entries) {
     if (name == "model.preset") continue;
     for (auto& k : keys)
-      if (k.name == name) k.set(*node, where(*node, path));
+      if (k.name == name) k.set(*node, where(name, *node));
   }
   cfg.model.validate();
   NURI_CHECK(cfg.optim.min_lr <= cfg.optim.lr, config, "config",

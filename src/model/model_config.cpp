@@ -75,10 +75,13 @@ void ModelConfig::validate() const {
   NURI_CHECK(n_layer >= 1, shape, op, "model.n_layer must be >= 1, got " << n_layer);
   NURI_CHECK(d_model >= 1 && n_head >= 1, shape, op,
              "model.d_model and model.n_head must be >= 1, got " << d_model << " and " << n_head);
-  NURI_CHECK(d_model % n_head == 0, shape, op,
-             "model.n_head (" << n_head << ") must divide model.d_model (" << d_model
-                              << "); e.g. use n_head = " << d_model / std::max(1, d_model / 64)
-                              << " for 64-wide heads");
+  if (d_model % n_head != 0) {
+    int below = n_head, above = n_head;
+    while (below > 1 && d_model % below != 0) --below;
+    while (above < d_model && d_model % above != 0) ++above;
+    NURI_THROW(shape, op, "model.n_head (" << n_head << ") must divide model.d_model (" << d_model
+                                           << "); the nearest that do are " << below << " and " << above);
+  }
   NURI_CHECK(n_kv_head >= 1 && n_head % n_kv_head == 0, shape, op,
              "model.n_kv_head (" << n_kv_head << ") must divide model.n_head (" << n_head << ")");
   NURI_CHECK(family != "llama" || head_dim() % 2 == 0, shape, op,
