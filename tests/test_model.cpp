@@ -232,3 +232,47 @@ TEST_CASE("model input errors: token outside the vocabulary, sequence too long")
   std::vector<int32_t> long_x(40, 1), long_y(40, 1);
   CHECK_THROWS_WITH(m.forward_loss(long_x.data(), long_y.data(), 1, 40), Catch::Contains("max_seq_len"));
 }
+
+TEST_CASE("gradient clipping scales the update by clip / global norm") {
+  nuri::ModelConfig cfg = tiny("llama");
+  auto be = nuri::make_backend("cpu", 1);
+  nuri::Model a(cfg, *be), b(cfg, *be);
+  randomize(a, 9);
+  std::memcpy(b.params(), a.params(), a.num_params() * sizeof(float));
+  Batch batch(cfg.vocab_size, 12);
+  a.zero_grads();
+  a.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T);
+  std::memcpy(b.grads(), a.grads(), a.num_params() * sizeof(float));
+  // Adam's update is nearly scale-free; a large eps makes it depend on the gradient's scale, so
+  // a missing or wrong clip factor shows.
+  nuri::OptimConfig clip, manual;
+  clip.grad_clip = 0.05;
+  clip.eps = manual.eps = 1e-3;
+  manual.grad_clip = 0;
+  nuri::AdamW oa(clip, a, *be), ob(manual, b, *be);
+  const double norm = oa.grad_norm();
+  double sq = 0;
+  for (size_t i = 0; i < a.num_params(); ++i) sq += double(a.grads()[i]) * a.grads()[i];
+  CHECK(norm == Approx(std::sqrt(sq)).epsilon(1e-6));
+  REQUIRE(norm > 0.05);  // so clipping is active
+  for (size_t i = 0; i < b.num_params(); ++i) b.grads()[i] = float(b.grads()[i] * (0.05 / norm));
+  std::vector<float> start(a.params(), a.params() + a.num_params());
+  oa.step(1e-2, oa.grad_norm());
+  ob.step(1e-2, ob.grad_norm());
+  double max_diff = 0, max_move = 0;
+  for (size_t i = 0; i < a.num_params(); ++i) {
+    max_diff = std::max(max_diff, double(std::abs(a.params()[i] - b.params()[i])));
+    max_move = std::max(max_move, double(std::abs(a.params()[i] - start[i])));
+  }
+  CHECK(max_diff < 1e-7);
+  // The unclipped update differs by far more than that tolerance.
+  nuri::Model c(cfg, *be);
+  std::memcpy(c.params(), start.data(), c.num_params() * sizeof(float));
+  std::memcpy(c.grads(), a.grads(), c.num_params() * sizeof(float));
+  nuri::AdamW oc(manual, c, *be);
+  oc.step(1e-2, oc.grad_norm());
+  double unclipped_diff = 0;
+  for (size_t i = 0; i < a.num_params(); ++i)
+    unclipped_diff = std::max(unclipped_diff, double(std::abs(a.params()[i] - c.params()[i])));
+  CHECK(unclipped_diff > 100 * 1e-7);
+}

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <unistd.h>
 
 #include "nuri/config.hpp"
 #include "nuri/error.hpp"
@@ -19,7 +20,7 @@ nuri::RunConfig tiny_run(const std::string& name, std::vector<std::string> extra
       "train.batch_size=16", "train.seq_len=128", "train.steps=400", "train.eval_every=100",
       "train.eval_batches=8", "train.log_every=50", "train.peak_gflops=200", "train.sample_tokens=60",
       "train.sample_prompt=\"The \"", "train.threads=2", "optim.lr=3e-3", "optim.min_lr=3e-4",
-      "optim.warmup_steps=20", "train.run_dir=\"" + (std::filesystem::temp_directory_path() / ("nuri_" + name)).string() + "\"",
+      "optim.warmup_steps=20", "train.run_dir=\"" + (std::filesystem::temp_directory_path() / ("nuri_" + name + "_" + std::to_string(getpid()))).string() + "\"",
       "data.train_files=[\"" + corpus + "/en_moby_dick.txt\"]"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   return nuri::load_run_config("", sets);
