@@ -85,6 +85,7 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         fail("matplotlib is missing; install python3-matplotlib and run with /usr/bin/python3")
 
@@ -119,6 +120,7 @@ def main():
         ax_tps.plot(tps_steps, tps, color="tab:green", linewidth=1)
     ax_tps.set_ylabel("tokens/s")
     ax_tps.set_xlabel("step")
+    ax_tps.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_tps.set_ylim(bottom=0)
     ax_tps.grid(True, alpha=0.3)
 

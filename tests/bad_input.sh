@@ -49,7 +49,8 @@ expect "NaN loss stops the run" 1 "stopping (train.nonfinite = \"stop\")" -- \
   --set train.steps=40 --set train.nonfinite=stop
 printf 'garbage' > "$work/model.bin"
 expect "generate from a non-model file" 1 "is not a nuri model file" -- generate --model "$work/model.bin" --prompt hi
-expect "generate without --model" 106 "--model is required" -- generate --prompt hi
+expect "generate without --model" 2 "--model is required" -- generate --prompt hi
 
+expect "no subcommand" 2 "A subcommand is required" --
 echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

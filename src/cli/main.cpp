@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version end here with 0; a usage error prints CLI11's message and exits 2.
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const nuri::Error& e) {
     std::fprintf(stderr, "nuri: %s\n", e.what());
     return e.kind() == nuri::ErrorKind::config || e.kind() == nuri::ErrorKind::shape ? 2 : 1;

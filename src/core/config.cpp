@@ -2,6 +2,7 @@
 #include "nuri/config.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -30,11 +31,13 @@ std::string quote(const std::string& s) {
   return o.str();
 }
 
-std::string fmt_double(double v) {
-  std::ostringstream o;
-  o.precision(std::numeric_limits<double>::max_digits10);
-  o << v;
-  std::string s = o.str();
+// The shortest text that reads back to the same value of type T (so 1e-5f prints as 1e-05,
+// not 9.9999997473787516e-06), always with a '.', 'e', "inf" or "nan" so TOML reads a float.
+template <typename T>
+std::string fmt_real(T v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, res.ptr);
   if (s.find_first_of(".eEni") == std::string::npos) s += ".0";
   return s;
 }
@@ -79,7 +82,7 @@ Key real_key(const std::string& name, T* field, double lo, double hi, const std:
                                                << "; it must be in [" << lo << ", " << hi << "]");
             *field = T(*v);
           },
-          [=] { return fmt_double(double(*field)); }};
+          [=] { return fmt_real(*field); }};
 }
 
 Key bool_key(const std::string& name, bool* field, const std::string& doc) {

@@ -33,14 +33,22 @@ std::string clock_text(double seconds) {
 }
 
 std::string with_commas(double v) {
-  std::string s = std::to_string(long(v + 0.5));
-  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
-  return s;
+  const std::string digits = std::to_string(long(v + 0.5));
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
 }
 
 std::string bar(int done, int total, int width = 20) {
   const int filled = total > 0 ? int(double(done) / total * width + 0.5) : width;
-  return "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.') + "]";
+  std::string out(size_t(width) + 2, '.');
+  out.front() = '[';
+  out.back() = ']';
+  for (int i = 0; i < filled; ++i) out[size_t(i) + 1] = '#';
+  return out;
 }
 
 double evaluate(Model& model, const std::vector<int32_t>& val, int B, int T, int batches) {
@@ -135,6 +143,7 @@ TrainResult train(const RunConfig& cfg) {
   double timed_seconds = 0;  // steps after the first (which includes warm-up)
   int timed_steps = 0;
   int skips_in_row = 0;
+  bool warned_mfu = false;
   auto do_sample = [&](int step) {
     if (tc.sample_tokens <= 0) return std::string();
     SampleOptions so;
@@ -142,6 +151,7 @@ TrainResult train(const RunConfig& cfg) {
     so.temperature = tc.sample_temperature;
     so.top_k = tc.sample_top_k;
     so.seed = tc.seed + uint64_t(step);
+    NURI_INFO("sampling " << tc.sample_tokens << " tokens from the prompt \"" << tc.sample_prompt << "\" ...");
     const std::vector<int32_t> prompt = tokenizer->encode(tc.sample_prompt);
     const std::string text = sanitize_utf8(tc.sample_prompt + tokenizer->decode(sample(model, prompt, so, tokenizer->eot_id())));
     NURI_INFO("sample at step " << step << ":\n" << text << "\n");
@@ -189,6 +199,12 @@ TrainResult train(const RunConfig& cfg) {
     }
     const double tok_s = double(tokens_per_step) / dt;
     const double mfu = flops_per_token * tok_s / (peak * 1e9);
+    if (mfu > 1.0 && !warned_mfu) {
+      warned_mfu = true;
+      NURI_WARN("MFU above 100%: the sgemm peak measured at start-up (" << std::lround(peak)
+                << " GFLOP/s) was too low, likely because the machine was busy; set "
+                << "train.peak_gflops to this machine's peak for meaningful MFU figures");
+    }
     const double per_step = timed_steps ? timed_seconds / timed_steps : dt;
     const double elapsed = run_clock.seconds();
     result.final_train_loss = loss;
@@ -230,6 +246,7 @@ TrainResult train(const RunConfig& cfg) {
   }
   if (tc.save) {
     result.model_path = tc.run_dir + "/model.bin";
+    NURI_INFO("saving the model to " << result.model_path);
     save_model(result.model_path, model);
   }
   NURI_INFO("done: " << result.steps_done << " steps in " << clock_text(run_clock.seconds()) << ", "
