@@ -21,6 +21,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual int threads() const = 0;
+  // One line for logs: the name and what was chosen for this machine (threads, libraries).
+  virtual std::string describe() const { return name(); }
 
   // ---- memory (owned by the caller until free) ----
   virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned
@@ -123,7 +125,11 @@ class Backend {
 };
 
 // Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the
-// default (cores on this node / ranks on this node). Throws Error(backend) naming what is missing.
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0);
+// default (cores on this node / ranks on this node). cpu_gemm picks the CPU backend's matrix
+// library: "auto" (the default: see src/backend/cpu/sgemm.hpp), "openblas" or "eigen"; the
+// choice is process-wide. Throws Error(backend) naming what is missing, Error(config) for a bad
+// name.
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0,
+                                      const std::string& cpu_gemm = "auto");
 
 }  // namespace nuri

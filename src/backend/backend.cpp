@@ -3,13 +3,16 @@
 #include <string>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/sgemm.hpp"
 #include "nuri/backend.hpp"
 #include "nuri/error.hpp"
 
 namespace nuri {
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads,
+                                      const std::string& cpu_gemm) {
   if (name == "cpu") {
+    cpu::set_gemm_library(cpu::resolve_gemm_library(cpu_gemm.c_str()));
     return std::make_unique<CpuBackend>(threads <= 0 ? default_cpu_threads() : threads);
   }
   if (name == "cuda") {

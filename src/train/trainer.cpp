@@ -83,7 +83,7 @@ double measure_peak_gflops(Backend& backend) {
 
 TrainResult train(const RunConfig& cfg) {
   const TrainConfig& tc = cfg.train;
-  std::unique_ptr<Backend> backend = make_backend(cfg.backend, tc.threads);
+  std::unique_ptr<Backend> backend = make_backend(cfg.backend, tc.threads, cfg.cpu_gemm);
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(cfg.data.tokenizer);
   NURI_CHECK(cfg.model.vocab_size >= tokenizer->vocab_size(), config, "train",
              "model.vocab_size (" << cfg.model.vocab_size << ") is smaller than the "
@@ -119,9 +119,9 @@ TrainResult train(const RunConfig& cfg) {
                      << (have_val ? " nats/token" : "; no validation split"));
   NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
-                    << tc.grad_accum << "), backend " << backend->name() << " with "
-                    << backend->threads() << " threads, estimated memory "
+                    << tc.grad_accum << "), estimated memory "
                     << std::lround(mem.total(cfg.model.recompute) / 1048576.0) << " MiB");
+  NURI_INFO("backend: " << backend->describe());
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
                                     << (tc.peak_gflops > 0 ? "train.peak_gflops" : "this machine's measured sgemm peak")
                                     << "), at " << std::lround(flops_per_token / 1e6)

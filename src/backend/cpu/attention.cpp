@@ -17,12 +17,12 @@
 // on the calling thread. Scratch: (BR, T) floats per thread in the forward, two in the backward.
 // The masked entries of P are written as exact zeros rather than exponentiated.
 #include <algorithm>
-#include <cblas.h>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/sgemm.hpp"
 #include "backend/cpu/exp_poly.hpp"
 #include "nuri/error.hpp"
 
@@ -64,7 +64,7 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
       for (int i0 = 0; i0 < T; i0 += BR) {
         const int rows = std::min(BR, T - i0), ncols = i0 + rows;
         // S (rows, ncols) = scale Q[i0:i0+rows] K[0:ncols]^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ncols, D, scale,
+        cpu::sgemm(false, true, rows, ncols, D, scale,
                     Q + size_t(i0) * R, int(R), K, int(R), 0.0f, S, T);
         for (int r = 0; r < rows; ++r) {
           const int i = i0 + r;
@@ -86,7 +86,7 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
           L[i] = mx + std::log(sum);
         }
         // out[i0:i0+rows] (rows, D) = P (rows, ncols) V[0:ncols] (ncols, D)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, ncols, 1.0f, S, T, V,
+        cpu::sgemm(false, false, rows, D, ncols, 1.0f, S, T, V,
                     int(R), 0.0f, O + size_t(i0) * OS, int(OS));
       }
     }
@@ -128,10 +128,10 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
         for (int i0 = 0; i0 < T; i0 += BR) {
           const int rows = std::min(BR, T - i0), ncols = i0 + rows;
           // S = scale Q_blk K^T, then P = exp(S - lse) (zero above the diagonal)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ncols, D, scale,
+          cpu::sgemm(false, true, rows, ncols, D, scale,
                       Q + size_t(i0) * R, int(R), K, int(R), 0.0f, P, T);
           // dP (rows, ncols) = dO_blk (rows, D) V[0:ncols]^T
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ncols, D, 1.0f,
+          cpu::sgemm(false, true, rows, ncols, D, 1.0f,
                       dO + size_t(i0) * OS, int(OS), V, int(R), 0.0f, dS, T);
           for (int r = 0; r < rows; ++r) {
             const int i = i0 + r;
@@ -155,13 +155,13 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
             }
           }
           // dQ_blk (rows, D) = scale dS (rows, ncols) K[0:ncols] (ncols, D)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, ncols, scale, dS, T, K,
+          cpu::sgemm(false, false, rows, D, ncols, scale, dS, T, K,
                       int(R), 0.0f, dQ + size_t(i0) * R, int(R));
           // dK[0:ncols] (ncols, D) += scale dS^T (ncols, rows) Q_blk (rows, D)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ncols, D, rows, scale, dS, T,
+          cpu::sgemm(true, false, ncols, D, rows, scale, dS, T,
                       Q + size_t(i0) * R, int(R), 1.0f, dK, int(R));
           // dV[0:ncols] (ncols, D) += P^T (ncols, rows) dO_blk (rows, D)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ncols, D, rows, 1.0f, P, T,
+          cpu::sgemm(true, false, ncols, D, rows, 1.0f, P, T,
                       dO + size_t(i0) * OS, int(OS), 1.0f, dV, int(R));
         }
       }

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/sgemm.hpp"
 #include "nuri/error.hpp"
 
 namespace nuri {
@@ -63,6 +64,12 @@ CpuBackend::CpuBackend(int threads) : threads_(threads) {
   // The OpenMP build of OpenBLAS follows omp_get_max_threads, but set it explicitly too so that a
   // BLAS initialised earlier with another count does not keep it.
   openblas_set_num_threads(threads);
+}
+
+std::string CpuBackend::describe() const {
+  const cpu::GemmLibrary lib = cpu::gemm_library();
+  return "cpu with " + std::to_string(threads_) + " threads, GEMM on " +
+         cpu::gemm_library_name(lib) + " (" + cpu::gemm_library_reason() + ")";
 }
 
 float* CpuBackend::alloc(size_t count) {

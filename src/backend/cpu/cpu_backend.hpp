@@ -12,6 +12,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads);
   std::string name() const override { return "cpu"; }
   int threads() const override { return threads_; }
+  std::string describe() const override;
 
   float* alloc(size_t count) override;
   void free(float* ptr) override;

@@ -12,12 +12,12 @@
 // LM head runs every micro-batch; allocating and first-touching 32 MB each time costs ms).
 // Constraints: targets < V, checked up front (Error(data) naming the row).
 #include <algorithm>
-#include <cblas.h>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/sgemm.hpp"
 #include "backend/cpu/exp_poly.hpp"
 #include "nuri/error.hpp"
 
@@ -51,7 +51,7 @@ double CpuBackend::lm_head_cross_entropy(float* dx, float* dweight, const float*
     const int rows = std::min(chunk, N - n0);
     const float* xc = x + size_t(n0) * C;
     // logits (rows, V) = x_c (rows, C) W^T (C, V)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, xc, C, weight, C, 0.0f,
+    cpu::sgemm(false, true, rows, V, C, 1.0f, xc, C, weight, C, 0.0f,
                 logits, V);
     double chunk_loss = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : chunk_loss)
@@ -92,11 +92,11 @@ double CpuBackend::lm_head_cross_entropy(float* dx, float* dweight, const float*
     loss_sum += chunk_loss;
     if (dx) {
       // dx_c (rows, C) = dlogits (rows, V) W (V, C)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits, V, weight,
+      cpu::sgemm(false, false, rows, C, V, 1.0f, logits, V, weight,
                   C, 0.0f, dx + size_t(n0) * C, C);
       // dW (V, C) += dlogits^T (V, rows) x_c (rows, C)
       if (dweight) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, logits, V, xc, C,
+        cpu::sgemm(true, false, V, C, rows, 1.0f, logits, V, xc, C,
                     1.0f, dweight, C);
       }
     }
@@ -110,7 +110,7 @@ void CpuBackend::lm_head_logits(float* logits, const float* x, const float* weig
              "bad sizes N=" << N << " C=" << C << " V=" << V);
   if (N == 0) return;
   // logits (N, V) = x (N, C) W^T (C, V)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C, weight, C, 0.0f,
+  cpu::sgemm(false, true, N, V, C, 1.0f, x, C, weight, C, 0.0f,
               logits, V);
 }
 

@@ -9,10 +9,10 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cblas.h>
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/sgemm.hpp"
 #include "nuri/error.hpp"
 
 namespace nuri {
@@ -41,8 +41,8 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alp
                                                  << " (needs " << b_cols << "), ldc=" << ldc
                                                  << " (needs " << N << ")");
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  cpu::sgemm(trans_a,
+              trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void CpuBackend::linear_forward(float* out, const float* inp, const float* weight,
@@ -68,7 +68,7 @@ void CpuBackend::linear_forward(float* out, const float* inp, const float* weigh
   }
   const float beta = (bias || accumulate) ? 1.0f : 0.0f;
   // out (N,OC) = inp (N,IC) . weight (OC,IC)^T
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, beta,
+  cpu::sgemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, beta,
               out, OC);
 }
 
@@ -79,11 +79,11 @@ void CpuBackend::linear_backward(float* dinp, float* dweight, float* dbias, cons
   if (N == 0) return;
   // dinp (N,IC) = dout (N,OC) . weight (OC,IC)
   if (dinp) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
+    cpu::sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC,
                 0.0f, dinp, IC);
   }
   // dweight (OC,IC) += dout^T (OC,N) . inp (N,IC)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f,
+  cpu::sgemm(true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f,
               dweight, IC);
   if (dbias) {
     // Column sums, each thread owning a range of columns: no reduction between threads, and each

@@ -1,0 +1,25 @@
+#pragma once
+// The CPU backend's one matrix product, row-major fp32, with cblas_sgemm's meaning:
+//   C (M,N) = alpha op(A) op(B) + beta C,  op(X) = X or X^T,  lda/ldb/ldc = row strides.
+// Every op in src/backend/cpu calls this rather than a library, so the library is chosen in
+// one place. Callable inside an OpenMP parallel region (it then runs on the calling thread).
+namespace nuri::cpu {
+
+enum class GemmLibrary { openblas, eigen };
+
+// "openblas", "eigen" or "auto". auto: OpenBLAS when the kernel it runs on this machine uses
+// AVX-512 (or the CPU has none), else Eigen, which is compiled for this CPU. The choice is made
+// from facts (CPU flags, OpenBLAS's core name), never from timings, so it is the same on every
+// run. With "auto", the environment variable NURI_CPU_GEMM=openblas|eigen decides instead.
+// Throws Error(config) for another name.
+GemmLibrary resolve_gemm_library(const char* name);
+void set_gemm_library(GemmLibrary lib);  // process-wide
+GemmLibrary gemm_library();
+const char* gemm_library_name(GemmLibrary lib);
+// What auto saw, for the start-up line ("OpenBLAS core Haswell, CPU has AVX-512").
+const char* gemm_library_reason();
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc);
+
+}  // namespace nuri::cpu
