@@ -44,7 +44,8 @@ void save_model(const std::string& path, const Model& model);
 ModelConfig read_model_config(const std::string& path);
 void load_model_weights(const std::string& path, Model& model);
 
-// Peak fp32 GFLOP/s of this backend's sgemm, measured in about a second.
+// Peak fp32 GFLOP/s of this backend's GEMM: the best rate over a few large products, measured
+// in about 1.5 s. A busy machine gives a low figure (and MFU above 100%, which nuri warns of).
 double measure_peak_gflops(class Backend& backend);
 
 }  // namespace nuri

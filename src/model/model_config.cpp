@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "nuri/backend.hpp"
 #include "nuri/error.hpp"
 #include "nuri/model.hpp"
 
@@ -126,7 +127,7 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T) {
   // Activation gradients live one block at a time: the residual gradient plus scratch.
   const double grad_scratch = N * (C + C + std::max(QKV, fc) + std::max(F, HD) + fc);
   // The fused LM head keeps one chunk of logits (see cross_entropy.cpp) and the final norm.
-  const double chunk_rows = std::max(16.0, std::min(N, 8.0 * 1024 * 1024 / cfg.vocab_size));
+  const double chunk_rows = std::max(16.0, std::min(N, double(kLmHeadChunkFloats) / cfg.vocab_size));
   const double head = N * (2 * C + 2) + chunk_rows * cfg.vocab_size + N * 2;  // + tokens/targets
   const double residuals = (cfg.n_layer + 1) * N * C;
   m.activations_bytes = f * (residuals + cfg.n_layer * block + grad_scratch + head);

@@ -11,9 +11,9 @@
 //     P = exp(S - lse) (recomputed);  dP = dO_blk V^T;  Drow_i = sum_d dO_id O_id
 //     dS = P (dP - Drow);  dQ_blk = scale dS K   (overwritten)
 //     dK[0:ncols] += scale dS^T Q_blk;  dV[0:ncols] += P^T dO_blk
-// All products are cblas_sgemm on strided views of qkv/out (no copies). Threading: OpenMP over
+// All products are cpu::sgemm on strided views of qkv/out (no copies). Threading: OpenMP over
 // (b, h) jobs in the forward and (b, kv head) jobs in the backward, so the dK/dV of a kv head
-// are only ever written by one thread; inside the parallel region OpenBLAS runs single-threaded
+// are only ever written by one thread; inside the parallel region the GEMM runs single-threaded
 // on the calling thread. Scratch: (BR, T) floats per thread in the forward, two in the backward.
 // The masked entries of P are written as exact zeros rather than exponentiated.
 #include <algorithm>

@@ -5,6 +5,7 @@
 // Threading: OpenMP static schedule over i, only above kParallelMin elements (below that the
 // fork/join costs more than the loop). The thread count is set once, in the constructor, with
 // omp_set_num_threads; OpenBLAS (its OpenMP build) reads the same setting, so there is one pool.
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -56,11 +57,31 @@ int default_cpu_threads() {
   return std::max(1, share);
 }
 
+namespace {
+// Keep freed blocks in the process's heap instead of handing them back to the kernel: the GEMM
+// libraries allocate packing buffers per call, and with glibc's defaults each of those larger
+// than the mmap threshold is mapped, zero-filled by the kernel and unmapped again every call
+// (clear_page was 15% of a gpt2-124m step in perf; these settings made the step ~6% faster).
+// Process-wide and idempotent; glibc only.
+void keep_freed_memory() {
+#ifdef __GLIBC__
+  static const bool done = [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);   // the most glibc allows: larger blocks still mmap
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);    // do not give the heap's top back below 1 GiB free
+    mallopt(M_TOP_PAD, 64 << 20);          // grow the heap in 64 MiB steps
+    return true;
+  }();
+  (void)done;
+#endif
+}
+}  // namespace
+
 CpuBackend::CpuBackend(int threads) : threads_(threads) {
   NURI_CHECK(threads >= 1, config, "cpu backend",
              "thread count must be at least 1, got " << threads
                                                      << " (use 0 in make_backend for the default)");
   omp_set_num_threads(threads);
+  keep_freed_memory();
   // The OpenMP build of OpenBLAS follows omp_get_max_threads, but set it explicitly too so that a
   // BLAS initialised earlier with another count does not keep it.
   openblas_set_num_threads(threads);

@@ -1,6 +1,7 @@
 #pragma once
 // The CPU backend: the reference implementation of every op, and a fast one. OpenMP across the
-// node's cores; matrix products through OpenBLAS (its OpenMP build, so one thread pool).
+// node's cores; matrix products through cpu::sgemm (OpenBLAS's OpenMP build or Eigen: one
+// thread pool either way).
 // One op per file in this folder: gemm.cpp (gemm, linear), layernorm.cpp, rmsnorm.cpp, gelu.cpp,
 // swiglu.cpp, rope.cpp, attention.cpp, embedding.cpp, cross_entropy.cpp, adamw.cpp.
 #include "nuri/backend.hpp"

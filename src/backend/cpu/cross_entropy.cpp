@@ -3,13 +3,13 @@
 //     logits = x W^T;  lse_n = log sum_v e^{logits_nv};  loss = sum_{n: t_n >= 0} lse_n - logits_{n,t_n}
 //     dlogits = grad_scale (softmax(logits) - onehot(t))   (zero rows for ignored targets)
 //     dx (N,C) = dlogits W;  dW (V,C) += dlogits^T x        (only when dx is non-null)
-//   Rows go in chunks of Rc = max(16, min(N, 8M floats / V)), so only a (Rc, V) block of logits
-//   exists at a time (32 MB at most for V <= 512K); the block's gradient overwrites it in place.
+//   Rows go in chunks of Rc = max(16, min(N, kLmHeadChunkFloats / V)), so only a (Rc, V) block of
+//   logits exists at a time (128 MB at most for V <= 2M); the block's gradient overwrites it.
 //   lm_head_logits: logits (N,V) = x W^T.
-// Threading: the three GEMMs per chunk are called outside OpenMP regions, so OpenBLAS uses the
+// Threading: the three GEMMs per chunk are called outside OpenMP regions, so the GEMM library uses the
 // whole pool; the softmax rows between them are an OpenMP loop with exp_poly vectorized.
 // The loss is summed in double. The chunk buffer is kept per thread and reused across calls (the
-// LM head runs every micro-batch; allocating and first-touching 32 MB each time costs ms).
+// LM head runs every micro-batch; allocating and first-touching 128 MB each time costs ms).
 // Constraints: targets < V, checked up front (Error(data) naming the row).
 #include <algorithm>
 #include <cmath>
@@ -24,7 +24,7 @@
 namespace nuri {
 
 namespace {
-constexpr size_t kChunkFloats = size_t(8) << 20;  // 8M floats = 32 MB of logits per chunk
+constexpr size_t kChunkFloats = kLmHeadChunkFloats;  // logits per chunk (backend.hpp)
 constexpr int kSumBlock = 1024;                    // softmax-sum block, in fp32 within a block
 }  // namespace
 

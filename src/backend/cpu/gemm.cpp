@@ -1,11 +1,11 @@
-// Dense algebra on OpenBLAS (row-major cblas_sgemm).
+// Dense algebra on cpu::sgemm (row-major; OpenBLAS or Eigen, see sgemm.hpp).
 //   gemm:            C (M,N) = alpha op(A) op(B) + beta C
 //   linear_forward:  out (N,OC) [+]= inp (N,IC) W (OC,IC)^T + b (OC)
 //   linear_backward: dinp (N,IC) = dout (N,OC) W;  dW (OC,IC) += dout^T inp;  db (OC) += colsum(dout)
-// Threading: every sgemm is called outside any OpenMP region, so OpenBLAS spreads it over the
+// Threading: every sgemm is called outside any OpenMP region, so the GEMM library spreads it over the
 // pool. The bias broadcast and the column sums are our own OpenMP loops.
 // Constraints: sizes >= 0; leading dimensions at least the row length they describe (checked,
-// because OpenBLAS reports a bad one by printing and returning, not by failing).
+// because OpenBLAS reports a bad one by printing and returning, and Eigen not at all).
 #include <omp.h>
 
 #include <algorithm>
