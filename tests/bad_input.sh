@@ -38,6 +38,11 @@ expect "n_head not dividing d_model" 2 "model.n_head (3) must divide model.d_mod
   "${base[@]}" --set model.n_head=3 --set model.n_kv_head=3
 expect "missing data file" 1 "cannot open data file '$work/missing.txt'" -- \
   "${base[@]}" --set "data.train_files=[\"$work/missing.txt\"]"
+expect "data path is a directory" 1 "'$work' (data.train_files) is a directory" -- \
+  "${base[@]}" --set "data.train_files=[\"$work\"]"
+printf 'fine text\n\n\xb4\xeb\xc7\xd1 (EUC-KR)\n' > "$work/euckr.txt"
+expect "invalid UTF-8 in data" 1 "'$work/euckr.txt' is not valid UTF-8: byte 11 (line 3)" -- \
+  "${base[@]}" --set "data.train_files=[\"$work/euckr.txt\"]"
 expect "missing config file" 1 "cannot open config file '$work/nope.toml'" -- train --config "$work/nope.toml"
 expect "bad value type" 2 "key 'train.steps' at --set train.steps=many must be an integer" -- \
   "${base[@]}" --set train.steps=many

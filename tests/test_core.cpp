@@ -116,6 +116,9 @@ TEST_CASE("utf8: sanitize keeps valid text and replaces broken sequences") {
   CHECK(nuri::sanitize_utf8("a\xED\x95") == "a\xEF\xBF\xBD\xEF\xBF\xBD");  // truncated 한
   CHECK(nuri::sanitize_utf8("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");    // overlong '/'
   CHECK(nuri::sanitize_utf8("\xED\xA0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  CHECK(nuri::first_invalid_utf8(ko) == std::string::npos);
+  CHECK(nuri::first_invalid_utf8("ok \xB4\xEB") == 3);  // EUC-KR bytes
+  CHECK(nuri::first_invalid_utf8("\xF4\x90\x80\x80") == 0);  // above U+10FFFF
 }
 
 TEST_CASE("byte tokenizer: round trip of any bytes") {

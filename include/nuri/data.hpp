@@ -27,6 +27,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
 // Replaces every invalid or truncated UTF-8 sequence by U+FFFD, so sampled text prints cleanly.
 std::string sanitize_utf8(const std::string& bytes);
+// Byte offset of the first invalid UTF-8 sequence, or std::string::npos if all is valid.
+size_t first_invalid_utf8(const std::string& bytes);
 
 // Training and validation token streams read from text files. Documents are separated by blank
 // lines; each document is followed by end-of-text. From each file the last `val_fraction` of its
@@ -37,7 +39,8 @@ struct TokenDataset {
   int vocab_size = 0;
   std::vector<std::string> files;
 };
-// Throws Error(io) naming a missing or unreadable file, Error(data) if there are too few tokens.
+// Throws Error(io) naming a missing or unreadable file or a directory, Error(data) naming the
+// file, byte offset and line of the first invalid UTF-8 (e.g. legacy CP949/EUC-KR text).
 TokenDataset load_text_dataset(const std::vector<std::string>& files, const Tokenizer& tokenizer,
                                double val_fraction);
 

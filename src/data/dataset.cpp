@@ -1,6 +1,7 @@
 // Text files -> train/validation token streams, the unigram baseline, and the batch loader.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -42,6 +43,8 @@ TokenDataset load_text_dataset(const std::vector<std::string>& files, const Toke
   ds.vocab_size = tokenizer.vocab_size();
   ds.files = files;
   for (const auto& path : files) {
+    NURI_CHECK(!std::filesystem::is_directory(path), io, "data",
+               "'" << path << "' (data.train_files) is a directory; list the text files in it");
     std::ifstream in(path, std::ios::binary);
     NURI_CHECK(in.good(), io, "data", "cannot open data file '" << path
                                         << "' (data.train_files); check the path"
@@ -50,7 +53,15 @@ TokenDataset load_text_dataset(const std::vector<std::string>& files, const Toke
     std::ostringstream buf;
     buf << in.rdbuf();
     NURI_CHECK(!in.bad(), io, "data", "error while reading '" << path << "'");
-    const std::vector<std::string> docs = split_documents(buf.str());
+    const std::string text = buf.str();
+    const size_t bad = first_invalid_utf8(text);
+    if (bad != std::string::npos) {
+      const size_t line = 1 + size_t(std::count(text.begin(), text.begin() + std::ptrdiff_t(bad), '\n'));
+      NURI_THROW(data, "data", "'" << path << "' is not valid UTF-8: byte " << bad << " (line " << line
+                                   << ") starts no valid sequence. Convert the file to UTF-8 (for "
+                                   << "legacy Korean text: iconv -f CP949 -t UTF-8)");
+    }
+    const std::vector<std::string> docs = split_documents(text);
     NURI_CHECK(!docs.empty(), data, "data", "data file '" << path << "' holds no text");
     size_t n_val = docs.size() >= 2 ? size_t(std::ceil(val_fraction * double(docs.size()))) : 0;
     if (val_fraction > 0 && docs.size() >= 2) n_val = std::clamp<size_t>(n_val, 1, docs.size() - 1);

@@ -33,26 +33,45 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   NURI_THROW(config, "data.tokenizer", "unknown tokenizer '" << name << "'; available: bytes");
 }
 
+namespace {
+// Length (1-4) of the valid UTF-8 sequence starting at s[i], or 0 if none starts there:
+// rejects stray continuation bytes, truncated sequences, overlong forms, surrogates and code
+// points above U+10FFFF.
+int utf8_sequence_length(const std::string& s, size_t i) {
+  const unsigned char c = s[i];
+  const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (len == 0 || i + len > s.size()) return 0;
+  if (len == 1) return 1;
+  uint32_t cp = c & (0x7F >> len);
+  for (int k = 1; k < len; ++k) {
+    const unsigned char next = s[i + k];
+    if ((next & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (next & 0x3F);
+  }
+  const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+  const bool ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+  return ok ? len : 0;
+}
+}  // namespace
+
+size_t first_invalid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const int len = utf8_sequence_length(s, i);
+    if (len == 0) return i;
+    i += size_t(len);
+  }
+  return std::string::npos;
+}
+
 std::string sanitize_utf8(const std::string& s) {
   static const char kReplacement[] = "\xEF\xBF\xBD";
   std::string out;
   out.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    bool ok = len > 0 && i + len <= s.size();
-    for (int k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
-    if (ok && len > 1) {
-      // Reject overlong forms, surrogates and code points above U+10FFFF.
-      uint32_t cp = c & (0x7F >> len);
-      for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-      const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-      ok = cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-    }
-    if (ok) {
-      out.append(s, i, len);
-      i += len;
+  for (size_t i = 0; i < s.size();) {
+    const int len = utf8_sequence_length(s, i);
+    if (len > 0) {
+      out.append(s, i, size_t(len));
+      i += size_t(len);
     } else {
       out += kReplacement;
       i += 1;
