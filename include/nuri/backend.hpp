@@ -131,8 +131,8 @@ class Backend {
 
 // Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the
 // default (cores on this node / ranks on this node). cpu_gemm picks the CPU backend's matrix
-// library: "auto" (the default: see src/backend/cpu/sgemm.hpp), "openblas" or "eigen"; the
-// choice is process-wide. Throws Error(backend) naming what is missing, Error(config) for a bad
+// products: "auto" (the default, fp32: see src/backend/cpu/sgemm.hpp), "openblas", "eigen", or
+// "bf16" (inputs rounded to bf16, fp32 accumulation; needs AVX512_BF16); process-wide. Throws Error(backend) naming what is missing, Error(config) for a bad
 // name.
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0,
                                       const std::string& cpu_gemm = "auto");

@@ -57,7 +57,7 @@ struct TrainConfig {
 
 struct RunConfig {
   std::string backend = "cpu";  // "cpu" | "cuda"
-  std::string cpu_gemm = "auto";  // CPU matrix library: "auto" | "openblas" | "eigen"
+  std::string cpu_gemm = "auto";  // CPU GEMM: "auto" | "openblas" | "eigen" | "bf16" (mixed)
   std::string source;           // the file the config came from (for messages)
   ModelConfig model;
   DataConfig data;

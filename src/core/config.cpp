@@ -143,8 +143,9 @@ std::vector<Key> schema(RunConfig& c) {
   const int big = 1 << 30;
   return {
       string_key("backend", &c.backend, {"cpu", "cuda"}, "compute backend"),
-      string_key("cpu_gemm", &c.cpu_gemm, {"auto", "openblas", "eigen"},
-                 "CPU GEMM (auto: OpenBLAS if its kernel uses AVX-512, else Eigen; env NURI_CPU_GEMM)"),
+      string_key("cpu_gemm", &c.cpu_gemm, {"auto", "openblas", "eigen", "bf16"},
+                 "CPU GEMM: auto (fp32: OpenBLAS if its kernel uses AVX-512, else Eigen), "
+                 "openblas, eigen, or bf16 (AVX512_BF16 mixed precision); env NURI_CPU_GEMM"),
       string_key("model.preset", &m.preset, model_preset_names(),
                  "starting point; the other model keys override it"),
       string_key("model.family", &m.family, {"gpt2", "llama"}, "architecture family"),

@@ -8,6 +8,8 @@
 // thread, like OpenBLAS's OpenMP build.
 #include "backend/cpu/sgemm.hpp"
 
+#include "backend/cpu/gemm_bf16.hpp"
+
 #include <Eigen/Core>
 #include <atomic>
 #include <cblas.h>
@@ -62,25 +64,26 @@ bool openblas_core_has_avx512(const std::string& core) {
 
 GemmLibrary resolve_gemm_library(const char* name) {
   std::string n = name ? name : "auto";
+  g_reason = "chosen by config";
   // The environment may settle "auto" (tests and benchmarks run each library this way).
   const char* env = std::getenv("NURI_CPU_GEMM");
   if (n == "auto" && env && *env) {
     n = env;
-    NURI_CHECK(n != "auto" && (n == "openblas" || n == "eigen"), config, "cpu gemm",
-               "NURI_CPU_GEMM is '" << n << "'; set it to openblas or eigen, or unset it");
+    NURI_CHECK(n == "openblas" || n == "eigen" || n == "bf16", config, "cpu gemm",
+               "NURI_CPU_GEMM is '" << n << "'; set it to openblas, eigen or bf16, or unset it");
     g_reason = "NURI_CPU_GEMM";
-    return n == "eigen" ? GemmLibrary::eigen : GemmLibrary::openblas;
   }
-  if (n == "openblas") {
-    g_reason = "chosen by config";
-    return GemmLibrary::openblas;
-  }
-  if (n == "eigen") {
-    g_reason = "chosen by config";
-    return GemmLibrary::eigen;
+  if (n == "openblas") return GemmLibrary::openblas;
+  if (n == "eigen") return GemmLibrary::eigen;
+  if (n == "bf16") {
+    NURI_CHECK(gemm_bf16_available(), backend, "cpu gemm",
+               "cpu_gemm = \"bf16\" needs a CPU with AVX512_BF16, and this one has none; use "
+               "\"auto\" (fp32)");
+    g_reason += ", bf16 inputs with fp32 accumulation";
+    return GemmLibrary::bf16;
   }
   NURI_CHECK(n == "auto", config, "cpu gemm",
-             "unknown GEMM library '" << n << "'; choose auto, openblas or eigen");
+             "unknown GEMM library '" << n << "'; choose auto, openblas, eigen or bf16");
   const char* core_c = openblas_get_corename();
   const std::string core = core_c ? core_c : "unknown";
   __builtin_cpu_init();
@@ -96,7 +99,12 @@ GemmLibrary resolve_gemm_library(const char* name) {
 void set_gemm_library(GemmLibrary lib) { g_library = lib; }
 GemmLibrary gemm_library() { return g_library; }
 const char* gemm_library_name(GemmLibrary lib) {
-  return lib == GemmLibrary::eigen ? "Eigen" : "OpenBLAS";
+  switch (lib) {
+    case GemmLibrary::eigen: return "Eigen";
+    case GemmLibrary::bf16: return "nuri's bf16 kernel";
+    case GemmLibrary::openblas: break;
+  }
+  return "OpenBLAS";
 }
 const char* gemm_library_reason() { return g_reason.c_str(); }
 
@@ -105,6 +113,8 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const f
   if (M == 0 || N == 0) return;
   if (g_library == GemmLibrary::eigen) {
     eigen_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else if (g_library == GemmLibrary::bf16) {
+    gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -5,13 +5,17 @@
 // one place. Callable inside an OpenMP parallel region (it then runs on the calling thread).
 namespace nuri::cpu {
 
-enum class GemmLibrary { openblas, eigen };
+// openblas, eigen: fp32 products. bf16: our mixed-precision kernel (gemm_bf16.hpp): inputs
+// rounded to bf16, fp32 accumulation, about 3x the fp32 rate on AVX512_BF16; opt-in, since it
+// changes the numbers (fp32 master weights, gradients and optimizer state stay as they are).
+enum class GemmLibrary { openblas, eigen, bf16 };
 
-// "openblas", "eigen" or "auto". auto: OpenBLAS when the kernel it runs on this machine uses
+// "openblas", "eigen", "bf16" or "auto". auto: OpenBLAS when the kernel it runs on this machine uses
 // AVX-512 (or the CPU has none), else Eigen, which is compiled for this CPU. The choice is made
 // from facts (CPU flags, OpenBLAS's core name), never from timings, so it is the same on every
-// run. With "auto", the environment variable NURI_CPU_GEMM=openblas|eigen decides instead.
-// Throws Error(config) for another name.
+// run; auto never picks bf16. With "auto", the environment variable NURI_CPU_GEMM decides
+// instead. Throws Error(config) for another name, Error(backend) for bf16 on a CPU without
+// AVX512_BF16.
 GemmLibrary resolve_gemm_library(const char* name);
 void set_gemm_library(GemmLibrary lib);  // process-wide
 GemmLibrary gemm_library();
