@@ -31,15 +31,7 @@ void column_range(int cols, int tid, int nt, int& lo, int& hi) {
 
 void CpuBackend::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                       int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  NURI_CHECK(M >= 0 && N >= 0 && K >= 0, shape, "gemm",
-             "negative size M=" << M << " N=" << N << " K=" << K);
-  // Row-major: op(A) is (M,K), stored as (M,K) or, transposed, as (K,M); likewise op(B) (K,N).
-  const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
-  NURI_CHECK(lda >= std::max(1, a_cols) && ldb >= std::max(1, b_cols) && ldc >= std::max(1, N),
-             shape, "gemm",
-             "leading dimension too small: lda=" << lda << " (needs " << a_cols << "), ldb=" << ldb
-                                                 << " (needs " << b_cols << "), ldc=" << ldc
-                                                 << " (needs " << N << ")");
+  cpu::check_gemm_args("gemm", trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   cpu::sgemm(trans_a,
               trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

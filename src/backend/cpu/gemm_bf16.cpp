@@ -1,6 +1,7 @@
 // bf16 GEMM with fp32 accumulation on AVX512_BF16: see gemm_bf16.hpp for the math, layouts,
 // blocking, constraints and fallback.
 #include "backend/cpu/gemm_bf16.hpp"
+#include "backend/cpu/sgemm.hpp"
 
 #include <omp.h>
 
@@ -452,14 +453,7 @@ bool gemm_bf16_available() { return false; }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  NURI_CHECK(M >= 0 && N >= 0 && K >= 0, shape, "gemm_bf16",
-             "negative size M=" << M << " N=" << N << " K=" << K);
-  const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
-  NURI_CHECK(lda >= std::max(1, a_cols) && ldb >= std::max(1, b_cols) && ldc >= std::max(1, N),
-             shape, "gemm_bf16",
-             "leading dimension too small: lda=" << lda << " (needs " << a_cols << "), ldb=" << ldb
-                                                 << " (needs " << b_cols << "), ldc=" << ldc
-                                                 << " (needs " << N << ")");
+  cpu::check_gemm_args("gemm_bf16", trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.0f) {  // C = beta C, without reading C when beta == 0 (BLAS rule)
     for (int i = 0; i < M; ++i) {

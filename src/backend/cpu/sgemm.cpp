@@ -11,6 +11,7 @@
 #include "backend/cpu/gemm_bf16.hpp"
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <atomic>
 #include <cblas.h>
 #include <cstdlib>
@@ -107,6 +108,19 @@ const char* gemm_library_name(GemmLibrary lib) {
   return "OpenBLAS";
 }
 const char* gemm_library_reason() { return g_reason.c_str(); }
+
+void check_gemm_args(const char* op, bool trans_a, bool trans_b, int M, int N, int K, int lda,
+                     int ldb, int ldc) {
+  NURI_CHECK(M >= 0 && N >= 0 && K >= 0, shape, op,
+             "negative size M=" << M << " N=" << N << " K=" << K);
+  // Row-major: op(A) is (M,K), stored as (M,K) or, transposed, as (K,M); likewise op(B) (K,N).
+  const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
+  NURI_CHECK(lda >= std::max(1, a_cols) && ldb >= std::max(1, b_cols) && ldc >= std::max(1, N),
+             shape, op,
+             "leading dimension too small: lda=" << lda << " (needs " << a_cols << "), ldb=" << ldb
+                                                 << " (needs " << b_cols << "), ldc=" << ldc
+                                                 << " (needs " << N << ")");
+}
 
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {

@@ -23,6 +23,11 @@ const char* gemm_library_name(GemmLibrary lib);
 // What auto saw, for the start-up line ("OpenBLAS core Haswell, CPU has AVX-512").
 const char* gemm_library_reason();
 
+// Throws Error(shape) naming `op` for a negative size or a leading dimension shorter than the
+// row it describes (OpenBLAS would print and return, Eigen would read out of bounds).
+void check_gemm_args(const char* op, bool trans_a, bool trans_b, int M, int N, int K, int lda,
+                     int ldb, int ldc);
+
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
