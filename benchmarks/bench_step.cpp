@@ -1,6 +1,6 @@
 // One training step (forward + backward + AdamW) of a preset on the CPU backend: tokens/s, MFU
-// against this machine's measured sgemm peak, and the measured peak RSS against the analytic
-// memory estimate of `nuri train --dry-run`.
+// against the measured peak of the GEMM in use (fp32, or bf16 with NURI_CPU_GEMM=bf16), and the
+// measured peak RSS against the analytic memory estimate of `nuri train --dry-run`.
 //   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
 #include <sys/resource.h>
 
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
     const double rss = double(ru.ru_maxrss) * 1024.0;
     const double est = nuri::estimate_memory(cfg, B, T).total(recompute);
     std::printf("%s B=%d T=%d threads=%d%s: median step %.3f s, %.0f tokens/s, %.1f GFLOP/s, "
-                "MFU %.1f%% of measured sgemm peak %.1f GFLOP/s; peak RSS %.0f MiB vs estimate %.0f MiB (%.2fx)\n",
+                "MFU %.1f%% of the measured GEMM peak %.1f GFLOP/s; peak RSS %.0f MiB vs estimate %.0f MiB (%.2fx)\n",
                 preset.c_str(), B, T, backend->threads(), recompute ? " recompute" : "", median, tok_s,
                 flops / 1e9, 100 * flops / 1e9 / peak, peak, rss / 1048576, est / 1048576, rss / est);
     std::printf("NURI tokens_per_s=%.1f mfu=%.4f peak_gflops=%.1f rss_ratio=%.3f\n", tok_s,

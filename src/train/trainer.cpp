@@ -128,7 +128,7 @@ TrainResult train(const RunConfig& cfg) {
                     << std::lround(mem.total(cfg.model.recompute) / 1048576.0) << " MiB");
   NURI_INFO("backend: " << backend->describe());
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
-                                    << (tc.peak_gflops > 0 ? "train.peak_gflops" : "this machine's measured sgemm peak")
+                                    << (tc.peak_gflops > 0 ? "train.peak_gflops" : "the measured peak of the GEMM in use")
                                     << "), at " << std::lround(flops_per_token / 1e6)
                                     << " MFLOP per token");
 
