@@ -43,6 +43,11 @@ expect "data path is a directory" 1 "'$work' (data.train_files) is a directory" 
 printf 'fine text\n\n\xb4\xeb\xc7\xd1 (EUC-KR)\n' > "$work/euckr.txt"
 expect "invalid UTF-8 in data" 1 "'$work/euckr.txt' is not valid UTF-8: byte 11 (line 3)" -- \
   "${base[@]}" --set "data.train_files=[\"$work/euckr.txt\"]"
+expect "run larger than memory" 1 "MiB are available; lower train.batch_size, turn on model.recompute" -- \
+  "${base[@]}" --set model.preset=gpt2-1.5b --set model.vocab_size=50257 --set model.n_layer=48 --set model.max_seq_len=1024 \
+  --set model.d_model=1600 --set model.n_head=25 --set model.n_kv_head=25 --set train.batch_size=65536 --set train.seq_len=1024
+expect "empty run_dir" 2 "train.run_dir must not be empty" -- "${base[@]}" --set train.run_dir=
+expect "unwritable run_dir" 1 "cannot create train.run_dir '/proc/nuri'" -- "${base[@]}" --set train.run_dir=/proc/nuri
 expect "missing config file" 1 "cannot open config file '$work/nope.toml'" -- train --config "$work/nope.toml"
 expect "bad value type" 2 "key 'train.steps' at --set train.steps=many must be an integer" -- \
   "${base[@]}" --set train.steps=many

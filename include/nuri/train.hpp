@@ -44,6 +44,9 @@ void save_model(const std::string& path, const Model& model);
 ModelConfig read_model_config(const std::string& path);
 void load_model_weights(const std::string& path, Model& model);
 
+// Memory the kernel says is available to a new process (MemAvailable), in bytes; 0 if unknown.
+double available_memory_bytes();
+
 // Peak fp32 GFLOP/s of this backend's GEMM: the best rate over a few large products, measured
 // in about 1.5 s. A busy machine gives a low figure (and MFU above 100%, which nuri warns of).
 double measure_peak_gflops(class Backend& backend);

@@ -2,6 +2,7 @@
 //   0 success, 1 a run-time error (data, numbers, I/O), 2 a usage or configuration error.
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "cli/commands.hpp"
 #include "nuri/error.hpp"
@@ -31,6 +32,10 @@ int main(int argc, char** argv) {
   } catch (const nuri::Error& e) {
     std::fprintf(stderr, "nuri: %s\n", e.what());
     return e.kind() == nuri::ErrorKind::config || e.kind() == nuri::ErrorKind::shape ? 2 : 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "nuri: out of memory; see `nuri train --dry-run` for the estimate, and lower "
+                         "train.batch_size, turn on model.recompute or choose a smaller model\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nuri: unexpected error: %s\n", e.what());
     return 1;

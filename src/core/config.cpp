@@ -100,6 +100,8 @@ Key string_key(const std::string& name, std::string* field, std::vector<std::str
   return {name, "string", doc,
           [=](const toml::node& n, const std::string& at) {
             auto v = n.value_exact<std::string>();
+            // From --set, "train.sample_prompt=123" means the text "123", not a number.
+            if (!v && at.rfind("--set ", 0) == 0) v = at.substr(at.find('=') + 1);
             if (!v) bad_type(name, "a string", at);
             if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), *v) == allowed.end()) {
               std::string list;
@@ -237,7 +239,11 @@ void apply_override(toml::table& root, const std::string& text,
   const size_t eq = text.find('=');
   NURI_CHECK(eq != std::string::npos && eq > 0, config, "--set",
              "override '" << text << "' must look like section.key=value (e.g. optim.lr=3e-4)");
-  std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  auto trim = [](std::string s) {
+    const size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+  };
+  std::string key = trim(text.substr(0, eq)), value = trim(text.substr(eq + 1));
   toml::table parsed;
   try {
     parsed = toml::parse("v = " + value, std::string_view("--set " + text));
@@ -303,14 +309,22 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     if (!v) bad_type(name, "a string", where(name, *node));
     cfg.model = model_preset(*v);
   }
+  // A preset given with --set starts the model afresh: the file's model keys (e.g. those of a
+  // run's resolved config.toml) would otherwise silently override it. --set model keys still apply.
+  const bool preset_from_cli = origin.count("model.preset") > 0;
   for (const auto& [name, node] : entries) {
     if (name == "model.preset") continue;
+    if (preset_from_cli && name.rfind("model.", 0) == 0 && !origin.count(name)) continue;
     for (auto& k : keys)
       if (k.name == name) k.set(*node, where(name, *node));
   }
   cfg.model.validate();
   NURI_CHECK(cfg.optim.min_lr <= cfg.optim.lr, config, "config",
              "optim.min_lr (" << cfg.optim.min_lr << ") must not exceed optim.lr (" << cfg.optim.lr << ")");
+  NURI_CHECK(!cfg.train.run_dir.empty(), config, "config", "train.run_dir must not be empty");
+  NURI_CHECK(int64_t(cfg.train.batch_size) * cfg.train.seq_len < (int64_t(1) << 31), config, "config",
+             "train.batch_size x train.seq_len (" << cfg.train.batch_size << " x " << cfg.train.seq_len
+                                                   << ") must stay below 2^31 tokens per micro-batch");
   NURI_CHECK(cfg.train.seq_len <= cfg.model.max_seq_len, config, "config",
              "train.seq_len (" << cfg.train.seq_len << ") exceeds model.max_seq_len ("
                                << cfg.model.max_seq_len << ")");

@@ -89,14 +89,14 @@ double unigram_loss(const std::vector<int32_t>& fit, const std::vector<int32_t>&
 BatchLoader::BatchLoader(const std::vector<int32_t>& tokens, int B, int T, uint64_t seed, int rank,
                          int world)
     : tokens_(tokens), B_(B), T_(T), seed_(seed), rank_(rank), world_(world) {
-  NURI_CHECK(tokens.size() > size_t(T) + 1, data, "BatchLoader",
+  NURI_CHECK(tokens.size() >= size_t(T) + 1, data, "BatchLoader",
              "the training text has " << tokens.size() << " tokens, fewer than one sequence of "
                                       << T + 1 << "; add data or lower train.seq_len");
   NURI_CHECK(rank >= 0 && rank < world, internal, "BatchLoader", "rank " << rank << " of " << world);
 }
 
 void BatchLoader::next(int32_t* inputs, int32_t* targets) {
-  const uint64_t windows = tokens_.size() - size_t(T_);  // start positions with T+1 tokens
+  const uint64_t windows = tokens_.size() - size_t(T_);  // start positions with T+1 tokens (>= 1)
   for (int b = 0; b < B_; ++b) {
     // Sample index across the whole data-parallel group: ranks take interleaved indices.
     const uint64_t sample = (position_ * uint64_t(world_) + uint64_t(rank_)) * uint64_t(B_) + b;
@@ -111,7 +111,7 @@ void BatchLoader::next(int32_t* inputs, int32_t* targets) {
 
 void eval_batch(const std::vector<int32_t>& tokens, int B, int T, int index, int32_t* inputs,
                 int32_t* targets) {
-  NURI_CHECK(tokens.size() > size_t(T) + 1, data, "eval_batch",
+  NURI_CHECK(tokens.size() >= size_t(T) + 1, data, "eval_batch",
              "the validation text has " << tokens.size() << " tokens, fewer than one sequence of "
                                         << T + 1 << "; raise data.val_fraction or add data");
   const size_t per_batch = size_t(B) * T;

@@ -63,6 +63,17 @@ double evaluate(Model& model, const std::vector<int32_t>& val, int B, int T, int
 
 }  // namespace
 
+double available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024.0;
+  }
+  return 0;  // unknown: no check
+}
+
 double measure_peak_gflops(Backend& backend) {
   // The best rate over a few large products in the layout of linear_forward (out = in W^T),
   // each repeated for about 0.4 s: the peak is a maximum, so noise only lowers it.
@@ -98,9 +109,45 @@ TrainResult train(const RunConfig& cfg) {
   NURI_CHECK(tc.seq_len <= cfg.model.max_seq_len, config, "train",
              "train.seq_len (" << tc.seq_len << ") exceeds model.max_seq_len (" << cfg.model.max_seq_len << ")");
 
+  // The run directory first: a path that cannot be written fails before any expensive set-up.
+  try {
+    std::filesystem::create_directories(tc.run_dir);
+  } catch (const std::filesystem::filesystem_error& e) {
+    NURI_THROW(io, "train", "cannot create train.run_dir '" << tc.run_dir << "': " << e.code().message());
+  }
+  {
+    const std::string path = tc.run_dir + "/config.toml";
+    std::ofstream out(path);
+    out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
+    NURI_CHECK(out.good(), io, "train", "cannot write '" << path << "' (train.run_dir)");
+  }
+
   const TokenDataset data = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
-  const bool have_val = data.val.size() > size_t(tc.seq_len) + 1;
+  const bool have_val = data.val.size() >= size_t(tc.seq_len) + 1;
   const double unigram = have_val ? unigram_loss(data.train, data.val, tokenizer->vocab_size()) : 0.0;
+  if (!have_val && tc.eval_every > 0) {
+    NURI_WARN("no validation: the held-out text (" << data.val.size() << " tokens, data.val_fraction = "
+              << cfg.data.val_fraction << ") is shorter than one sequence of " << tc.seq_len + 1
+              << " tokens, so train.eval_every is ignored; raise data.val_fraction or add documents");
+  }
+  if (have_val && data.val.size() < size_t(tc.batch_size) * tc.seq_len * tc.eval_batches + 1) {
+    NURI_WARN("the validation text (" << data.val.size() << " tokens) is shorter than "
+              << tc.eval_batches << " evaluation batches of " << tc.batch_size << " x " << tc.seq_len
+              << "; evaluation wraps around and scores some tokens more than once");
+  }
+  if (cfg.optim.warmup_steps >= tc.steps) {
+    NURI_WARN("optim.warmup_steps (" << cfg.optim.warmup_steps << ") >= train.steps (" << tc.steps
+              << "): the learning rate never reaches optim.lr = " << cfg.optim.lr);
+  }
+  // Refuse a run that cannot fit rather than let the kernel's OOM killer end it without a word.
+  const MemoryEstimate need = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
+  const double available = available_memory_bytes();
+  NURI_CHECK(available <= 0 || need.total(cfg.model.recompute) < available, backend, "train",
+             "this run needs about " << std::lround(need.total(cfg.model.recompute) / 1048576.0)
+                                     << " MiB (nuri train --dry-run shows the parts) but only "
+                                     << std::lround(available / 1048576.0)
+                                     << " MiB are available; lower train.batch_size, turn on "
+                                     << "model.recompute, or choose a smaller model");
 
   Model model(cfg.model, *backend);
   model.init_weights(tc.seed);
@@ -110,7 +157,6 @@ TrainResult train(const RunConfig& cfg) {
   const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend);
   const double flops_per_token = cfg.model.train_flops_per_token(tc.seq_len);
   const int64_t tokens_per_step = int64_t(tc.batch_size) * tc.seq_len * tc.grad_accum;
-  const MemoryEstimate mem = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
 
   NURI_INFO("nuri: " << cfg.model.family << " model (" << cfg.model.preset << " base), "
                      << cfg.model.n_layer << " layers, d_model " << cfg.model.d_model << ", "
@@ -125,18 +171,13 @@ TrainResult train(const RunConfig& cfg) {
   NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
                     << tc.grad_accum << "), estimated memory "
-                    << std::lround(mem.total(cfg.model.recompute) / 1048576.0) << " MiB");
+                    << std::lround(need.total(cfg.model.recompute) / 1048576.0) << " MiB");
   NURI_INFO("backend: " << backend->describe());
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
                                     << (tc.peak_gflops > 0 ? "train.peak_gflops" : "the measured peak of the GEMM in use")
                                     << "), at " << std::lround(flops_per_token / 1e6)
                                     << " MFLOP per token");
 
-  std::filesystem::create_directories(tc.run_dir);
-  {
-    std::ofstream out(tc.run_dir + "/config.toml");
-    out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
-  }
   TrainResult result;
   result.metrics_path = tc.run_dir + "/metrics.jsonl";
   std::ofstream metrics(result.metrics_path, std::ios::trunc);

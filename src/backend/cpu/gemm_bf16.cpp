@@ -62,10 +62,13 @@ class Workspace {
   void* get(size_t bytes) {
     if (bytes > bytes_) {
       std::free(ptr_);
-      bytes_ = (bytes + 4095) / 4096 * 4096;
-      ptr_ = std::aligned_alloc(64, bytes_);
+      ptr_ = nullptr;
+      bytes_ = 0;
+      const size_t rounded = (bytes + 4095) / 4096 * 4096;
+      ptr_ = std::aligned_alloc(64, rounded);
       NURI_CHECK(ptr_ != nullptr, backend, "gemm_bf16",
-                 "cannot allocate a " << bytes_ << "-byte packing buffer");
+                 "cannot allocate a " << rounded << "-byte packing buffer");
+      bytes_ = rounded;
     }
     return ptr_;
   }
