@@ -10,11 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "nuri/backend.hpp"
-#include "nuri/data.hpp"
-#include "nuri/error.hpp"
-#include "nuri/model.hpp"
-#include "nuri/optim.hpp"
+#include "nuri/nuri.hpp"
 
 int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::atoi(argv[1]) : 50;

@@ -3,7 +3,7 @@
 # GPT-2-style model on Korean prose and Moby-Dick (byte-level, CPU), samples from it and plots
 # the loss curve.
 #
-#   scripts/quickstart.sh                          the whole thing (400 steps)
+#   scripts/quickstart.sh                          the whole thing (1200 steps, about 4 minutes of training)
 #   scripts/quickstart.sh --set train.steps=50     extra arguments go to `nuri train`
 #   scripts/quickstart.sh --dry-run                parameter count and memory estimate only
 set -euo pipefail
@@ -47,9 +47,10 @@ mpi=(mpirun -np 1 --bind-to none)
 if ((EUID == 0)); then mpi+=(--allow-run-as-root); fi
 
 step "3/4 Training a 4-layer, 256-wide GPT-2-style model (about 3.3M parameters) that reads
-     Korean documentation prose and Moby-Dick one byte at a time (400 steps unless you set
-     train.steps). One line per step: loss, learning rate, gradient norm, tokens/s, MFU.
-     Every 100 steps it measures the loss on held-out text; at the end it continues the prompt
+     Korean documentation prose and Moby-Dick one byte at a time: 1200 steps, about 4 minutes
+     (--set train.steps=N to change). A progress line every 10 steps: loss, learning rate,
+     gradient norm, tokens/s, MFU, ETA. Every 300 steps it measures the loss on held-out text
+     against a unigram baseline; at the end it continues the prompt
      \"이 문서는 \" (\"This document...\") and saves the weights.
      \$ ${mpi[*]} $nuri train --config $config${*:+ $*}"
 marker=$(mktemp)
