@@ -107,6 +107,19 @@ void check_grad_sampled(const Got& got, DVec& x, const std::vector<size_t>& idx,
   check_close(have, want, tol, what);
 }
 
+// Every entry of x by central differences when `full`, else `samples` random entries.
+template <class Got, class Loss>
+void check_grad(const Got& got, DVec& x, Loss&& loss, double tol, const std::string& what, Rng& rng,
+                int samples, bool full) {
+  if (full) {
+    check_close(got, central_diff(x, loss), tol, what);
+    return;
+  }
+  std::vector<size_t> idx;
+  for (int k = 0; k < samples; ++k) idx.push_back(rng.below(x.size()));
+  check_grad_sampled(got, x, idx, loss, tol, what + " (sampled)");
+}
+
 double dot(const DVec& a, const DVec& r) {
   double s = 0.0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * r[i];
@@ -442,13 +455,7 @@ TEST_CASE("layernorm forward and backward", "[ops][layernorm]") {
     const DVec Rd = to_double(R);
     auto loss = [&] { return dot(ref_layernorm(xd, wd, bd, N, C, eps), Rd); };
     const DVec ddx = minus(dx, dx0);
-    if (N * C < 1000) {
-      check_close(ddx, central_diff(xd, loss), 2e-5, "layernorm dinp vs FD");
-    } else {
-      std::vector<size_t> idx;
-      for (int k = 0; k < 60; ++k) idx.push_back(rng.below(xd.size()));
-      check_grad_sampled(ddx, xd, idx, loss, 2e-5, "layernorm dinp vs FD (sampled)");
-    }
+    check_grad(ddx, xd, loss, 2e-5, "layernorm dinp vs FD", rng, 60, N * C < 1000);
     check_close(minus(dw, dw0), central_diff(wd, loss), 2e-5, "layernorm dweight vs FD");
     check_close(minus(db, db0), central_diff(bd, loss), 2e-5, "layernorm dbias vs FD");
   }
@@ -491,13 +498,7 @@ TEST_CASE("rmsnorm forward and backward", "[ops][rmsnorm]") {
     const DVec Rd = to_double(R);
     auto loss = [&] { return dot(ref_rmsnorm(xd, wd, N, C, eps), Rd); };
     const DVec ddx = minus(dx, dx0);
-    if (N * C < 1000) {
-      check_close(ddx, central_diff(xd, loss), 2e-5, "rmsnorm dinp vs FD");
-    } else {
-      std::vector<size_t> idx;
-      for (int k = 0; k < 60; ++k) idx.push_back(rng.below(xd.size()));
-      check_grad_sampled(ddx, xd, idx, loss, 2e-5, "rmsnorm dinp vs FD (sampled)");
-    }
+    check_grad(ddx, xd, loss, 2e-5, "rmsnorm dinp vs FD", rng, 60, N * C < 1000);
     check_close(minus(dw, dw0), central_diff(wd, loss), 2e-5, "rmsnorm dweight vs FD");
   }
 }
@@ -546,13 +547,7 @@ TEST_CASE("swiglu forward and backward", "[ops][swiglu]") {
     be.swiglu_backward(dinp.data(), inp.data(), R.data(), N, F);
     const DVec Rd = to_double(R);
     auto loss = [&] { return dot(ref_swiglu(xd, N, F), Rd); };
-    if (N * F < 1000) {
-      check_close(dinp, central_diff(xd, loss), 1e-5, "swiglu dinp vs FD");
-    } else {
-      std::vector<size_t> idx;
-      for (int k = 0; k < 80; ++k) idx.push_back(rng.below(xd.size()));
-      check_grad_sampled(dinp, xd, idx, loss, 1e-5, "swiglu dinp vs FD (sampled)");
-    }
+    check_grad(dinp, xd, loss, 1e-5, "swiglu dinp vs FD", rng, 80, N * F < 1000);
   }
 }
 
