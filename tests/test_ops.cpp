@@ -768,9 +768,11 @@ TEST_CASE("lm_head_cross_entropy: loss, gradients, ignored targets", "[ops][loss
 TEST_CASE("lm_head_cross_entropy over several row chunks", "[ops][loss]") {
   CpuBackend be(kThreads);
   Rng rng(13);
-  // Rows per chunk = max(16, min(N, 8M / V)) = 39 for V = 209717, so N = 40 rows take two chunks,
-  // the second of one row.
-  const int N = 40, C = 3, V = 209717;
+  // Rows per chunk = max(16, min(N, kLmHeadChunkFloats / V)) = 39 for the V below, so N = 40 rows
+  // take two chunks, the second of one row. V follows the chunk size, so the test keeps covering
+  // two chunks when that constant changes.
+  const int N = 40, C = 3, V = int(nuri::kLmHeadChunkFloats / 39);
+  REQUIRE(nuri::kLmHeadChunkFloats / size_t(V) == 39);
   const float grad_scale = 0.5f;
   const Vec x = randn(size_t(N) * C, rng), w = randn(size_t(V) * C, rng);
   std::vector<int32_t> tg(N);
