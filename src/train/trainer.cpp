@@ -140,10 +140,11 @@ TrainResult train(const RunConfig& cfg) {
               << "): the learning rate never reaches optim.lr = " << cfg.optim.lr);
   }
   // Refuse a run that cannot fit rather than let the kernel's OOM killer end it without a word.
-  const MemoryEstimate need = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
+  const double need_mib =
+      estimate_memory(cfg.model, tc.batch_size, tc.seq_len).total(cfg.model.recompute) / 1048576.0;
   const double available = available_memory_bytes();
-  NURI_CHECK(available <= 0 || need.total(cfg.model.recompute) < available, backend, "train",
-             "this run needs about " << std::lround(need.total(cfg.model.recompute) / 1048576.0)
+  NURI_CHECK(available <= 0 || need_mib * 1048576.0 < available, backend, "train",
+             "this run needs about " << std::lround(need_mib)
                                      << " MiB (nuri train --dry-run shows the parts) but only "
                                      << std::lround(available / 1048576.0)
                                      << " MiB are available; lower train.batch_size, turn on "
@@ -165,13 +166,13 @@ TrainResult train(const RunConfig& cfg) {
                      << " parameters");
   NURI_INFO("data: " << with_commas(double(data.train.size())) << " training and "
                      << with_commas(double(data.val.size())) << " validation tokens ("
-                     << tokenizer->name() << " tokenizer) from " << data.files.size() << " file(s)"
-                     << (have_val ? "; unigram baseline " : "") << (have_val ? std::to_string(unigram) : std::string())
-                     << (have_val ? " nats/token" : "; no validation split"));
+                     << tokenizer->name() << " tokenizer) from " << data.files.size() << " file(s); "
+                     << (have_val ? "unigram baseline " + std::to_string(unigram) + " nats/token"
+                                  : std::string("no validation split")));
   NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
                     << tc.grad_accum << "), estimated memory "
-                    << std::lround(need.total(cfg.model.recompute) / 1048576.0) << " MiB");
+                    << std::lround(need_mib) << " MiB");
   NURI_INFO("backend: " << backend->describe());
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
                                     << (tc.peak_gflops > 0 ? "train.peak_gflops" : "the measured peak of the GEMM in use")
