@@ -12,8 +12,9 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev                                     # mpirun and MPI
   libeigen3-dev libopenblas-openmp-dev                           # linear algebra (OpenMP OpenBLAS)
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev            # config, CLI, JSON
-  libxxhash-dev libpcre2-dev                                     # checksums, tokenizer regexes
+  libxxhash-dev libpcre2-dev libutf8proc-dev                     # checksums; tokenizer regexes, NFC/NFKC
   catch2                                                         # unit tests
+  clang libclang-rt-14-dev                                       # libFuzzer + ASan for the fuzz tests
   python3 python3-torch python3-numpy python3-matplotlib         # parity tests and plots
 )
 
@@ -36,9 +37,15 @@ for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
   [[ $status == installed ]] || missing+=("$pkg")
 done
+# Node.js + npm run the tokenizer reference implementations (GPT-2, tiktoken, HF tokenizers) in
+# the parity tests and the tokenizer benchmark's peer. Any node >= 18 will do, so the command is
+# checked rather than Debian's package (a NodeSource node brings its own npm).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 
 if ((${#missing[@]} == 0)); then
-  say "all ${#PACKAGES[@]} required packages are installed"
+  say "all ${#PACKAGES[@]} required packages and node/npm are installed"
   exit 0
 fi
 

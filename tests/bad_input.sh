@@ -61,6 +61,37 @@ printf 'garbage' > "$work/model.bin"
 expect "generate from a non-model file" 1 "is not a nuri model file" -- generate --model "$work/model.bin" --prompt hi
 expect "generate without --model" 2 "--model is required" -- generate --prompt hi
 
+# Token shards: a good directory, then damaged copies of it.
+if "$nuri" tokenize --tokenizer bytes --quiet -o "$work/shards" "$corpus/en_moby_dick.txt"; then
+  text_base=("${base[@]:0:${#base[@]}-2}")  # base without data.train_files
+  shard=$(cd "$work/shards" && ls train-*.bin | head -1)
+  rm -rf "$work/trunc" "$work/foreign" "$work/otherhash"
+  cp -r "$work/shards" "$work/trunc"
+  truncate -s -1000 "$work/trunc/$shard"
+  expect "truncated shard (verify)" 1 "token shard '$work/trunc/$shard' is truncated: the header promises" -- \
+    tokenize --verify "$work/trunc"
+  expect "truncated shard (train)" 1 "token shard '$work/trunc/$shard' is truncated" -- \
+    "${text_base[@]}" --set "data.datasets=[\"$work/trunc\"]"
+  cp -r "$work/shards" "$work/foreign"
+  cp "$corpus/en_moby_dick.txt" "$work/foreign/$shard"
+  expect "foreign file as a shard" 1 "'$work/foreign/$shard' is not a nuri token shard" -- \
+    "${text_base[@]}" --set "data.datasets=[\"$work/foreign\"]"
+  cp -r "$work/shards" "$work/otherhash"
+  sed -i 's/"hash": "0x[0-9a-f]*"/"hash": "0x00000000000000ff"/' "$work/otherhash/manifest.json"
+  expect "tokenizer hash mismatch" 1 "were made by tokenizer 'bytes' (hash 0x00000000000000ff" -- \
+    "${text_base[@]}" --set "data.datasets=[\"$work/otherhash\"]"
+  expect "not a shard directory" 1 "'$work' has no manifest.json" -- \
+    "${text_base[@]}" --set "data.datasets=[\"$work\"]"
+  expect "both train_files and datasets" 2 "both data.train_files and data.datasets are set" -- \
+    "${base[@]}" --set "data.datasets=[\"$work/shards\"]"
+  expect "no training data" 2 "no training data: set data.train_files" -- "${text_base[@]}"
+else
+  echo "FAIL nuri tokenize could not write $work/shards"; failures=$((failures + 1))
+fi
+expect "tokenize without --tokenizer" 2 "--tokenizer is required" -- tokenize -o "$work/x" "$corpus/en_moby_dick.txt"
+expect "tokenize a missing input" 1 "'$work/none.txt' does not exist" -- \
+  tokenize --tokenizer bytes -o "$work/x" "$work/none.txt"
+
 expect "no subcommand" 2 "A subcommand is required" --
 echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

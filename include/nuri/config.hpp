@@ -14,10 +14,15 @@
 
 namespace nuri {
 
+// Training data comes from exactly one of: text files tokenized in memory at start
+// (train_files), or token-shard directories written by `nuri tokenize` (datasets).
 struct DataConfig {
   std::vector<std::string> train_files;  // text files (UTF-8); documents separated by blank lines
-  std::string tokenizer = "bytes";       // "bytes": byte-level, 256 ids + end-of-text (id 256)
-  double val_fraction = 0.05;            // the last fraction of each file's documents is held out
+  std::vector<std::string> datasets;     // shard directories (each with manifest.json)
+  std::vector<double> weights;           // one per dataset, relative; empty: by train tokens
+  bool verify_shards = false;            // checksum every shard at start (reads all the data)
+  std::string tokenizer = "bytes";       // "bytes" (byte-level, vocab 257) or a tokenizer file
+  double val_fraction = 0.05;            // train_files: the last fraction of each file's documents
 };
 
 struct OptimConfig {

@@ -1,9 +1,11 @@
 #pragma once
 // Data: a tokenizer interface, a tokenized text dataset and a deterministic, resumable loader.
 //
-// Until the BPE tokenizer and token shards land, the tokenizer is byte-level: ids 0..255 are the
-// bytes of UTF-8 text and id 256 is end-of-text, placed between documents. The Tokenizer and
-// TokenDataset types are the seams the BPE tokenizer and memory-mapped shards slot into.
+// The byte-level tokenizer has ids 0..255 for the bytes of UTF-8 text and id 256 for
+// end-of-text, placed after every document; BPE tokenizers (tokenizer.hpp) implement the same
+// interface. Tokens reach training either from text files tokenized in memory
+// (load_text_dataset, served by BatchLoader) or from memory-mapped token shards (shards.hpp,
+// served by DataLoader); both are TokenViews, and DataLoader serves either kind.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -17,12 +19,17 @@ class Tokenizer {
   virtual std::string name() const = 0;
   virtual int vocab_size() const = 0;
   virtual int eot_id() const = 0;
+  // A fingerprint of everything that decides the ids (xxh64); token shards record it so that
+  // data tokenized by one tokenizer is never read as if made by another.
+  virtual uint64_t hash() const = 0;
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   // Decodes ids to bytes; the result may be incomplete UTF-8 (see sanitize_utf8 to print it).
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
 };
 
-// "bytes" -> the byte-level tokenizer (vocab 257). Throws Error(config) for an unknown name.
+// "bytes" -> the byte-level tokenizer (vocab 257); any other name is a path that
+// BpeTokenizer::load reads (tokenizer.json, *.tiktoken, or a GPT-2 directory). Throws
+// Error(config) for a name that is neither, Error(io)/Error(data) from reading the file.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
 // Replaces every invalid or truncated UTF-8 sequence by U+FFFD, so sampled text prints cleanly.
@@ -49,7 +56,8 @@ TokenDataset load_text_dataset(const std::vector<std::string>& files, const Toke
 double unigram_loss(const std::vector<int32_t>& fit, const std::vector<int32_t>& eval,
                     int vocab_size);
 
-// Deterministic, resumable batches of random windows. Batch k (0-based, counted across the run)
+// Deterministic, resumable batches of random windows over one in-memory token vector (the
+// trainer's loader for data.train_files; shard datasets use DataLoader below). Batch k (0-based, counted across the run)
 // draws its B windows from a counter-based RNG keyed by (seed, k, rank), so the loader's whole
 // state is one integer: `position()` / `set_position()` give exact resume. Ranks of a
 // data-parallel group (rank, world) draw disjoint sample indices.
@@ -74,5 +82,116 @@ class BatchLoader {
 // wrapping around when there are fewer than `batches` of them.
 void eval_batch(const std::vector<int32_t>& tokens, int B, int T, int index, int32_t* inputs,
                 int32_t* targets);
+
+// Token storage: a contiguous run of ids, 2 (uint16) or 4 (int32/uint32) bytes each, in memory or
+// memory-mapped. Cheap to copy; `owner` keeps the memory alive (a shard's mapping, a vector).
+struct TokenView {
+  const void* data = nullptr;
+  uint64_t size = 0;   // tokens
+  int token_bytes = 4;  // 2 or 4
+  std::string source;  // where the tokens come from, for messages (a shard path, "data.train_files")
+  std::shared_ptr<const void> owner;
+
+  int32_t operator[](uint64_t i) const {
+    return token_bytes == 2 ? int32_t(static_cast<const uint16_t*>(data)[i])
+                            : static_cast<const int32_t*>(data)[i];
+  }
+  // out[0..n) = ids [start, start + n); the range must lie inside the view.
+  void copy(uint64_t start, uint64_t n, int32_t* out) const;
+  // A view that owns (or shares) `tokens`.
+  static TokenView of(std::vector<int32_t> tokens, std::string source);
+  static TokenView of(std::shared_ptr<const std::vector<int32_t>> tokens, std::string source);
+};
+
+// Views read as one stream, in order (e.g. every validation shard of a run).
+class TokenStream {
+ public:
+  TokenStream() = default;
+  explicit TokenStream(std::vector<TokenView> views);
+  uint64_t size() const { return total_; }
+  // out[0..n) = ids [pos, pos + n) of the stream, crossing views as needed; in range.
+  void copy(uint64_t pos, uint64_t n, int32_t* out) const;
+  const std::vector<TokenView>& views() const { return views_; }
+
+ private:
+  std::vector<TokenView> views_;
+  std::vector<uint64_t> starts_;  // stream position of each view
+  uint64_t total_ = 0;
+};
+
+// eval_batch over a stream: the same consecutive, wrapping (B,T) batches.
+void eval_batch(const TokenStream& tokens, int B, int T, int index, int32_t* inputs, int32_t* targets);
+
+// unigram_loss over streams, reading at most `max_tokens` of each (from the start); ids outside
+// [0, vocab_size) are not counted.
+double unigram_loss(const TokenStream& fit, const TokenStream& eval, int vocab_size,
+                    uint64_t max_tokens = uint64_t(1) << 28);
+
+// One weighted dataset of a DataLoader: its shards (or one in-memory view).
+struct DataSource {
+  std::string name;               // for messages and logs (a shard directory)
+  std::vector<TokenView> shards;  // windows never cross a shard boundary
+  double weight = 1.0;            // relative share of samples; > 0
+};
+
+// Where a DataLoader stands: enough to reproduce the exact next batch (for checkpoints).
+struct LoaderState {
+  uint64_t batches = 0;                // batches this loader has served
+  uint64_t samples = 0;                // global samples drawn (all ranks together)
+  std::vector<uint64_t> consumed;      // windows drawn from each source (all ranks together)
+  // One line: "nuri-loader 1 batches=K samples=S consumed=a,b,c".
+  std::string serialize() const;
+  // Throws Error(data) quoting the text when it is not what serialize() writes.
+  static LoaderState deserialize(const std::string& text);
+  bool operator==(const LoaderState&) const = default;
+};
+
+// Deterministic, resumable, rank-disjoint batches of windows from weighted sources.
+//
+// Windows: each shard of T+1 tokens at a time, non-overlapping (window i = tokens
+// [i(T+1), (i+1)(T+1)) ; a tail shorter than T+1 is unused); a source's windows are numbered
+// across its shards. Order: global sample s (counted over all ranks) picks its source by a
+// seeded hash of s against the normalized weights; the source's counter c then gives window
+// P_e(c mod n) of epoch e = c / n, P_e a seeded Feistel permutation of [0, n) (cycle-walking; no
+// stored order), so each epoch visits every window of a source exactly once. Ranks: a global
+// batch is world*B samples and rank r serves samples [rB, (r+1)B) of it; every rank advances all
+// counters identically, so ranks are disjoint and rank r of w serves exactly the rows of the
+// 1-rank loader's (w*B)-sample batches. Because the state counts samples, not batches, a resumed
+// run may change B or world and still continues the same global sample sequence.
+// Not thread-safe; the sources' memory is shared (kept alive by the views).
+class DataLoader {
+ public:
+  // Throws Error(data) naming a source whose shards hold no window of T+1 tokens,
+  // Error(config) for a weight that is not positive, Error(internal) for a bad rank/world.
+  // `vocab_size` > 0: every id served is checked against it (Error(data) naming the shard).
+  DataLoader(std::vector<DataSource> sources, int B, int T, uint64_t seed, int rank = 0, int world = 1,
+             int vocab_size = 0);
+  // Fills inputs and targets (B,T): targets are inputs shifted by one.
+  void next(int32_t* inputs, int32_t* targets);
+  LoaderState state() const { return state_; }
+  // Throws Error(data) when the state has a different number of sources.
+  void set_state(const LoaderState& state);
+
+  size_t num_sources() const { return sources_.size(); }
+  const DataSource& source(size_t i) const { return sources_[i].source; }
+  uint64_t windows(size_t i) const { return sources_[i].windows; }   // per epoch
+  double probability(size_t i) const { return sources_[i].probability; }
+
+ private:
+  struct Source {
+    DataSource source;
+    std::vector<uint64_t> first_window;  // per shard, prefix sums of windows
+    uint64_t windows = 0;
+    double probability = 0, cumulative = 0;
+  };
+  size_t pick_source(uint64_t sample) const;
+  void read_window(size_t src, uint64_t counter, int32_t* inputs, int32_t* targets) const;
+
+  std::vector<Source> sources_;
+  int B_, T_;
+  uint64_t seed_;
+  int rank_, world_, vocab_size_;
+  LoaderState state_;
+};
 
 }  // namespace nuri

@@ -7,5 +7,7 @@ namespace nuri::cli {
 
 void add_train_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
+void add_tokenizer_train_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace nuri::cli

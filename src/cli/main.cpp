@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
       "Run 'nuri <command> --help' for a command's options.");
   nuri::cli::add_train_command(app);
   nuri::cli::add_generate_command(app);
+  nuri::cli::add_tokenizer_train_command(app);
+  nuri::cli::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -137,6 +137,30 @@ Key strings_key(const std::string& name, std::vector<std::string>* field, const 
           }};
 }
 
+Key reals_key(const std::string& name, std::vector<double>* field, double lo, double hi, const std::string& doc) {
+  return {name, "array of numbers", doc,
+          [=](const toml::node& n, const std::string& at) {
+            field->clear();
+            const toml::array* arr = n.as_array();
+            if (!arr) bad_type(name, "an array of numbers", at);
+            for (const auto& e : *arr) {
+              std::optional<double> v;
+              if (e.is_floating_point()) v = e.value<double>();
+              if (e.is_integer()) v = double(*e.value<int64_t>());
+              if (!v) bad_type(name, "an array of numbers", at);
+              if (!std::isfinite(*v) || *v < lo || *v > hi)
+                NURI_THROW(config, "config", "key '" << name << "' at " << at << " holds " << *v
+                                                 << "; each value must be in [" << lo << ", " << hi << "]");
+              field->push_back(*v);
+            }
+          },
+          [=] {
+            std::string s = "[";
+            for (size_t i = 0; i < field->size(); ++i) s += (i ? ", " : "") + fmt_real((*field)[i]);
+            return s + "]";
+          }};
+}
+
 std::vector<Key> schema(RunConfig& c) {
   ModelConfig& m = c.model;
   DataConfig& d = c.data;
@@ -163,8 +187,11 @@ std::vector<Key> schema(RunConfig& c) {
       real_key("model.rope_theta", &m.rope_theta, 1.0, 1e9, "RoPE base (llama)"),
       bool_key("model.recompute", &m.recompute, "recompute block activations in backward"),
       strings_key("data.train_files", &d.train_files, "UTF-8 text files; blank line = new document"),
-      string_key("data.tokenizer", &d.tokenizer, {"bytes"}, "tokenizer (bytes: byte-level, vocab 257)"),
-      real_key("data.val_fraction", &d.val_fraction, 0.0, 0.5, "held-out fraction of documents"),
+      strings_key("data.datasets", &d.datasets, "token-shard directories from `nuri tokenize` (not with train_files)"),
+      reals_key("data.weights", &d.weights, 1e-9, 1e9, "sampling weight per dataset (empty: by tokens)"),
+      bool_key("data.verify_shards", &d.verify_shards, "checksum every shard at start (reads all data)"),
+      string_key("data.tokenizer", &d.tokenizer, {}, "\"bytes\" (byte-level, vocab 257) or a tokenizer file"),
+      real_key("data.val_fraction", &d.val_fraction, 0.0, 0.5, "train_files: held-out fraction of documents"),
       real_key("optim.lr", &o.lr, 0.0, 1e30, "peak learning rate"),
       real_key("optim.min_lr", &o.min_lr, 0.0, 1e30, "final learning rate"),
       int_key("optim.warmup_steps", &o.warmup_steps, 0, big, "linear warmup steps"),
@@ -322,6 +349,14 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   NURI_CHECK(cfg.optim.min_lr <= cfg.optim.lr, config, "config",
              "optim.min_lr (" << cfg.optim.min_lr << ") must not exceed optim.lr (" << cfg.optim.lr << ")");
   NURI_CHECK(!cfg.train.run_dir.empty(), config, "config", "train.run_dir must not be empty");
+  NURI_CHECK(cfg.data.train_files.empty() || cfg.data.datasets.empty(), config, "config",
+             "both data.train_files and data.datasets are set; use one: data.train_files for text files "
+             "tokenized at start, or data.datasets for token-shard directories written by `nuri tokenize`");
+  NURI_CHECK(cfg.data.weights.empty() || cfg.data.weights.size() == cfg.data.datasets.size(), config, "config",
+             "data.weights has " << cfg.data.weights.size() << " value(s) but data.datasets has "
+                                 << cfg.data.datasets.size() << "; give one weight per dataset, or none");
+  NURI_CHECK(!cfg.data.tokenizer.empty(), config, "config",
+             "data.tokenizer must not be empty; use \"bytes\" or the path of a tokenizer file");
   NURI_CHECK(int64_t(cfg.train.batch_size) * cfg.train.seq_len < (int64_t(1) << 31), config, "config",
              "train.batch_size x train.seq_len (" << cfg.train.batch_size << " x " << cfg.train.seq_len
                                                    << ") must stay below 2^31 tokens per micro-batch");

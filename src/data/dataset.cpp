@@ -86,6 +86,26 @@ double unigram_loss(const std::vector<int32_t>& fit, const std::vector<int32_t>&
   return eval.empty() ? 0.0 : loss / double(eval.size());
 }
 
+double unigram_loss(const TokenStream& fit, const TokenStream& eval, int vocab_size, uint64_t max_tokens) {
+  std::vector<double> count(size_t(vocab_size), 1.0);  // add-one smoothing, as above
+  std::vector<int32_t> buf(size_t(1) << 16);
+  auto for_each_id = [&](const TokenStream& s, auto&& fn) {
+    const uint64_t n = std::min(s.size(), max_tokens);
+    for (uint64_t pos = 0; pos < n; pos += buf.size()) {
+      const uint64_t take = std::min<uint64_t>(buf.size(), n - pos);
+      s.copy(pos, take, buf.data());
+      for (uint64_t i = 0; i < take; ++i)
+        if (buf[i] >= 0 && buf[i] < vocab_size) fn(buf[i]);
+    }
+  };
+  double fitted = 0;
+  for_each_id(fit, [&](int32_t t) { count[size_t(t)] += 1.0, fitted += 1.0; });
+  const double total = fitted + vocab_size;
+  double loss = 0, evaluated = 0;
+  for_each_id(eval, [&](int32_t t) { loss -= std::log(count[size_t(t)] / total), evaluated += 1.0; });
+  return evaluated == 0 ? 0.0 : loss / evaluated;
+}
+
 BatchLoader::BatchLoader(const std::vector<int32_t>& tokens, int B, int T, uint64_t seed, int rank,
                          int world)
     : tokens_(tokens), B_(B), T_(T), seed_(seed), rank_(rank), world_(world) {

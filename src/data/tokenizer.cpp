@@ -1,7 +1,10 @@
-// The byte-level tokenizer (ids 0..255 = bytes, 256 = end-of-text) and UTF-8 sanitizing.
-// The BPE tokenizer will implement the same Tokenizer interface.
+// make_tokenizer, the byte-level tokenizer (ids 0..255 = bytes, 256 = end-of-text) and UTF-8
+// sanitizing. The BPE tokenizer (nuri/tokenizer.hpp) implements the same Tokenizer interface.
+#include <filesystem>
+
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
+#include "nuri/tokenizer.hpp"
 
 namespace nuri {
 
@@ -12,6 +15,7 @@ class ByteTokenizer final : public Tokenizer {
   std::string name() const override { return "bytes"; }
   int vocab_size() const override { return 257; }
   int eot_id() const override { return 256; }
+  uint64_t hash() const override { return 0x6279746573323537ull; }  // "bytes257": fixed by definition
   std::vector<int32_t> encode(const std::string& text) const override {
     std::vector<int32_t> ids(text.size());
     for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
@@ -30,7 +34,11 @@ class ByteTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "bytes") return std::make_unique<ByteTokenizer>();
-  NURI_THROW(config, "data.tokenizer", "unknown tokenizer '" << name << "'; available: bytes");
+  NURI_CHECK(std::filesystem::exists(name), config, "data.tokenizer",
+             "tokenizer '" << name << "' is neither \"bytes\" nor an existing file or directory; give "
+             << "a tokenizer.json (nuri tokenizer-train writes one), a *.tiktoken file or a directory "
+             << "with GPT-2's encoder.json and vocab.bpe");
+  return std::make_unique<BpeTokenizer>(BpeTokenizer::load(name));
 }
 
 namespace {

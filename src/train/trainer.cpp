@@ -14,7 +14,9 @@
 #include "nuri/log.hpp"
 #include "nuri/model.hpp"
 #include "nuri/optim.hpp"
+#include "nuri/shards.hpp"
 #include "nuri/timer.hpp"
+#include "nuri/tokenizer.hpp"
 #include "nuri/train.hpp"
 
 namespace nuri {
@@ -51,7 +53,7 @@ std::string bar(int done, int total, int width = 20) {
   return out;
 }
 
-double evaluate(Model& model, const std::vector<int32_t>& val, int B, int T, int batches) {
+double evaluate(Model& model, const TokenStream& val, int B, int T, int batches) {
   std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
@@ -121,17 +123,73 @@ TrainResult train(const RunConfig& cfg) {
     out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
     NURI_CHECK(out.good(), io, "train", "cannot write '" << path << "' (train.run_dir)");
   }
+  // The tokenizer travels with the run, so `nuri generate` (and whoever reads the run later)
+  // decodes with exactly the tokenizer the model was trained with.
+  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(tokenizer.get()))
+    bpe->save_hf_json(tc.run_dir + "/tokenizer.json");
 
-  const TokenDataset data = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
-  const bool have_val = data.val.size() >= size_t(tc.seq_len) + 1;
-  const double unigram = have_val ? unigram_loss(data.train, data.val, tokenizer->vocab_size()) : 0.0;
-  if (!have_val && tc.eval_every > 0) {
-    NURI_WARN("no validation: the held-out text (" << data.val.size() << " tokens, data.val_fraction = "
-              << cfg.data.val_fraction << ") is shorter than one sequence of " << tc.seq_len + 1
-              << " tokens, so train.eval_every is ignored; raise data.val_fraction or add documents");
+  // Data: text files tokenized in memory, or token-shard directories checked against this run's
+  // tokenizer and vocabulary. Both become DataSources of one DataLoader; all checks happen here,
+  // before the model is allocated.
+  NURI_CHECK(!cfg.data.train_files.empty() || !cfg.data.datasets.empty(), config, "train",
+             "no training data: set data.train_files (text files, tokenized at start) or data.datasets "
+             "(token-shard directories written by `nuri tokenize`)");
+  std::vector<DataSource> sources;
+  std::vector<TokenView> val_views;
+  std::vector<std::string> dataset_notes;
+  if (!cfg.data.datasets.empty()) {
+    ShardCheck check;
+    check.tokenizer = tokenizer.get();
+    check.max_vocab = uint64_t(cfg.model.vocab_size);
+    check.verify = cfg.data.verify_shards;
+    if (check.verify) NURI_INFO("data: verifying the checksums of every shard (data.verify_shards) ...");
+    for (size_t i = 0; i < cfg.data.datasets.size(); ++i) {
+      const std::string& dir = cfg.data.datasets[i];
+      const ShardDataset ds = open_shard_dataset(dir, check);
+      const double weight = cfg.data.weights.empty() ? double(std::max<uint64_t>(1, ds.manifest.train.tokens()))
+                                                     : cfg.data.weights[i];
+      sources.push_back({dir, ds.train_views(), weight});
+      for (const TokenView& v : ds.val_views()) val_views.push_back(v);
+    }
   }
-  if (have_val && data.val.size() < size_t(tc.batch_size) * tc.seq_len * tc.eval_batches + 1) {
-    NURI_WARN("the validation text (" << data.val.size() << " tokens) is shorter than "
+  // Text files keep BatchLoader's random windows, so their batches are the same as before shards
+  // existed (the loss curves of earlier runs and tests stay comparable); shard datasets use the
+  // DataLoader (permuted non-overlapping windows, weights, exact resume).
+  std::shared_ptr<const std::vector<int32_t>> text_train;
+  std::unique_ptr<BatchLoader> text_loader;
+  std::unique_ptr<DataLoader> shard_loader;
+  std::vector<TokenView> train_views;
+  if (cfg.data.datasets.empty()) {
+    TokenDataset text = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
+    text_train = std::make_shared<const std::vector<int32_t>>(std::move(text.train));
+    train_views.push_back(TokenView::of(text_train, "data.train_files"));
+    val_views.push_back(TokenView::of(std::move(text.val), "data.train_files (validation)"));
+    text_loader = std::make_unique<BatchLoader>(*text_train, tc.batch_size, tc.seq_len, tc.seed);
+  } else {
+    for (const DataSource& s : sources) train_views.insert(train_views.end(), s.shards.begin(), s.shards.end());
+    shard_loader = std::make_unique<DataLoader>(sources, tc.batch_size, tc.seq_len, tc.seed, 0, 1,
+                                                cfg.model.vocab_size);
+  }
+  auto next_batch = [&](int32_t* inputs, int32_t* targets) {
+    if (shard_loader) {
+      shard_loader->next(inputs, targets);
+    } else {
+      text_loader->next(inputs, targets);
+    }
+  };
+  const TokenStream train_stream(std::move(train_views));
+  const TokenStream val(std::move(val_views));
+  const bool have_val = val.size() >= size_t(tc.seq_len) + 1;
+  const double unigram = have_val ? unigram_loss(train_stream, val, tokenizer->vocab_size()) : 0.0;
+  if (!have_val && tc.eval_every > 0) {
+    NURI_WARN("no validation: the held-out text (" << val.size() << " tokens, "
+              << (cfg.data.datasets.empty() ? "data.val_fraction = " + std::to_string(cfg.data.val_fraction)
+                                            : std::string("the val shards of data.datasets"))
+              << ") is shorter than one sequence of " << tc.seq_len + 1
+              << " tokens, so train.eval_every is ignored; raise the validation fraction or add documents");
+  }
+  if (have_val && val.size() < size_t(tc.batch_size) * tc.seq_len * tc.eval_batches + 1) {
+    NURI_WARN("the validation text (" << val.size() << " tokens) is shorter than "
               << tc.eval_batches << " evaluation batches of " << tc.batch_size << " x " << tc.seq_len
               << "; evaluation wraps around and scores some tokens more than once");
   }
@@ -153,7 +211,6 @@ TrainResult train(const RunConfig& cfg) {
   Model model(cfg.model, *backend);
   model.init_weights(tc.seed);
   AdamW optimizer(cfg.optim, model, *backend);
-  BatchLoader loader(data.train, tc.batch_size, tc.seq_len, tc.seed);
 
   const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend);
   const double flops_per_token = cfg.model.train_flops_per_token(tc.seq_len);
@@ -164,11 +221,28 @@ TrainResult train(const RunConfig& cfg) {
                      << cfg.model.n_head << " heads (" << cfg.model.n_kv_head << " kv), vocab "
                      << cfg.model.vocab_size << ": " << with_commas(double(model.num_params()))
                      << " parameters");
-  NURI_INFO("data: " << with_commas(double(data.train.size())) << " training and "
-                     << with_commas(double(data.val.size())) << " validation tokens ("
-                     << tokenizer->name() << " tokenizer) from " << data.files.size() << " file(s); "
-                     << (have_val ? "unigram baseline " + std::to_string(unigram) + " nats/token"
-                                  : std::string("no validation split")));
+  NURI_INFO("data: " << with_commas(double(train_stream.size())) << " training and "
+                     << with_commas(double(val.size())) << " validation tokens ("
+                     << tokenizer->name() << " tokenizer) from "
+                     << (cfg.data.datasets.empty() ? std::to_string(cfg.data.train_files.size()) + " text file(s)"
+                                                   : std::to_string(cfg.data.datasets.size()) + " shard dataset(s)")
+                     << "; " << (have_val ? "unigram baseline " + std::to_string(unigram) + " nats/token"
+                                         : std::string("no validation split")));
+  if (shard_loader) {
+    // What this run will read: each dataset's share of the samples, in epochs of its windows.
+    const DataLoader& loader = *shard_loader;
+    const double samples = double(tc.steps) * tc.grad_accum * tc.batch_size;
+    for (size_t i = 0; i < loader.num_sources(); ++i) {
+      uint64_t tokens = 0;
+      for (const TokenView& v : loader.source(i).shards) tokens += v.size;
+      char line[160];
+      std::snprintf(line, sizeof line, "weight %.3f, %s tokens, %s windows of %d: this run covers %.3g epochs",
+                    loader.probability(i), with_commas(double(tokens)).c_str(),
+                    with_commas(double(loader.windows(i))).c_str(), tc.seq_len + 1,
+                    samples * loader.probability(i) / double(loader.windows(i)));
+      NURI_INFO("data: " << loader.source(i).name << ": " << line);
+    }
+  }
   NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
                     << tc.grad_accum << "), estimated memory "
@@ -211,7 +285,7 @@ TrainResult train(const RunConfig& cfg) {
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      loader.next(x.data(), y.data());
+      next_batch(x.data(), y.data());
       loss += model.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
                                      1.0f / float(tc.grad_accum));
     }
@@ -275,10 +349,10 @@ TrainResult train(const RunConfig& cfg) {
 
     const bool last = step + 1 == tc.steps;
     if (have_val && ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last)) {
-      const double val = evaluate(model, data.val, tc.batch_size, tc.seq_len, tc.eval_batches);
-      result.final_val_loss = val;
-      NURI_INFO("step " << step + 1 << ": validation loss " << val << " (unigram baseline " << unigram << ")");
-      metrics << nlohmann::json{{"type", "eval"}, {"step", step + 1}, {"val_loss", val},
+      const double val_loss = evaluate(model, val, tc.batch_size, tc.seq_len, tc.eval_batches);
+      result.final_val_loss = val_loss;
+      NURI_INFO("step " << step + 1 << ": validation loss " << val_loss << " (unigram baseline " << unigram << ")");
+      metrics << nlohmann::json{{"type", "eval"}, {"step", step + 1}, {"val_loss", val_loss},
                                 {"unigram_val_loss", unigram}}.dump()
               << "\n";
     }
