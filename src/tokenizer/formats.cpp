@@ -486,7 +486,10 @@ BpeTokenizer BpeTokenizer::from_hf_json(const std::string& path) try {
   model.pattern = pattern;
   model.normalization = normalization;
   model.eot = default_eot(model);
-  const std::string name = fs::path(path).parent_path().filename().string();
+  // A Hugging Face directory holds "tokenizer.json": name it after the directory; a file of its
+  // own name (nuri-ko-8k.json) after itself.
+  const std::string stem = fs::path(path).stem().string();
+  const std::string name = stem == "tokenizer" ? fs::path(path).parent_path().filename().string() : stem;
 
   if (model_json.value("ignore_merges", false)) {
     // Only the tiktoken rule has this meaning here: keep it when the merges are the implied ones.
