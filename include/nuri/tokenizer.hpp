@@ -125,7 +125,8 @@ struct BpeTrainOptions {
   int threads = 0;                 // pair counting and pre-tokenization threads (0 = all cores)
   // Memory bound: at most this many distinct pre-tokenized pieces are counted; when the table
   // fills, the rarest pieces are dropped (and the fact is reported). The corpus itself is
-  // streamed and never held in memory.
+  // streamed and never held in memory. The result is the same for any thread count as long as
+  // nothing is dropped; once pieces are dropped, which ones can depend on the thread count.
   size_t max_pieces = 2'000'000;
   bool progress = true;            // a progress bar on stderr
 };
