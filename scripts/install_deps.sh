@@ -16,6 +16,8 @@ PACKAGES=(
   catch2                                                         # unit tests
   clang libclang-rt-14-dev                                       # libFuzzer + ASan for the fuzz tests
   python3 python3-torch python3-numpy python3-matplotlib         # parity tests and plots
+  iproute2                                                       # simulated hosts (network namespaces) for tests/multinode
+  slurmctld slurmd slurm-client                                  # a local Slurm for tests/multinode/test_slurm.sh (brings munge)
 )
 
 say() { echo "install_deps: $*"; }

@@ -6,6 +6,7 @@
 // lets the others continue, and a rank that diverges is caught by the communicators' timeout
 // (60 s here) instead of hanging ctest.
 #define CATCH_CONFIG_RUNNER
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <mpi.h>
 
@@ -347,17 +348,33 @@ TEST_CASE("ProcessGrid layouts: TP innermost, groups and errors", "[comm][grid]"
       CHECK(dp_members[static_cast<size_t>(d)] == grid.tp_rank() + tp * d);
     CHECK(grid.tp().name() == "tp");
     CHECK(grid.dp().name() == "dp");
-    CHECK(grid.num_nodes() == 1);
-    CHECK(grid.local_size() == P);
-    CHECK(grid.local_rank() == me);
-    CHECK(grid.threads_per_rank() >= 1);
+    // Node facts follow from the hosts (one machine here; two simulated hosts in the multinode
+    // test): nodes numbered by their lowest rank, local rank = position among the node's ranks.
     REQUIRE(grid.placements().size() == static_cast<size_t>(P));
+    std::vector<std::string> hosts_in_order;
+    std::vector<int> expected_node(P), expected_local(P);
+    for (int r = 0; r < P; ++r) {
+      const std::string& h = grid.placements()[static_cast<size_t>(r)].host;
+      auto it = std::find(hosts_in_order.begin(), hosts_in_order.end(), h);
+      expected_node[r] = int(it - hosts_in_order.begin());
+      if (it == hosts_in_order.end()) hosts_in_order.push_back(h);
+      expected_local[r] = 0;
+      for (int q = 0; q < r; ++q) expected_local[r] += grid.placements()[static_cast<size_t>(q)].host == h;
+    }
+    int local_size = 0;
+    for (int r = 0; r < P; ++r) local_size += expected_node[r] == expected_node[me];
+    CHECK(grid.num_nodes() == int(hosts_in_order.size()));
+    CHECK(grid.node() == expected_node[me]);
+    CHECK(grid.local_size() == local_size);
+    CHECK(grid.local_rank() == expected_local[me]);
+    CHECK(grid.threads_per_rank() >= 1);
     for (int r = 0; r < P; ++r) {
       const nuri::RankPlacement& p = grid.placements()[static_cast<size_t>(r)];
       CHECK(p.world_rank == r);
       CHECK(p.tp_rank == r % tp);
       CHECK(p.dp_rank == r / tp);
-      CHECK(p.local_rank == r);
+      CHECK(p.node == expected_node[r]);
+      CHECK(p.local_rank == expected_local[r]);
       CHECK(!p.host.empty());
     }
     const std::string d = grid.describe();

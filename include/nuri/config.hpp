@@ -60,6 +60,15 @@ struct TrainConfig {
   bool save = true;  // write run_dir/model.bin at the end
 };
 
+// How the ranks of an mpirun job share the work (parallel.hpp, comm.hpp). World size = tp x dp.
+struct ParallelConfig {
+  int tp = 1;                   // tensor-parallel degree (only 1 is built so far)
+  int dp = 0;                   // data-parallel degree; 0: world size / tp
+  bool zero1 = false;           // shard AdamW moments over DP (ZeRO stage 1)
+  double bucket_mb = 25;        // gradient bucket size in MiB (fp32); 0: one bucket per layer
+  double comm_timeout_s = 300;  // seconds a collective may take before the job is aborted
+};
+
 struct RunConfig {
   std::string backend = "cpu";  // "cpu" | "cuda"
   std::string cpu_gemm = "auto";  // CPU GEMM: "auto" | "openblas" | "eigen" | "bf16" (mixed)
@@ -68,6 +77,7 @@ struct RunConfig {
   DataConfig data;
   OptimConfig optim;
   TrainConfig train;
+  ParallelConfig parallel;
 };
 
 // Loads `path` (may be empty: defaults only), then applies `overrides` ("section.key=value",

@@ -6,8 +6,11 @@
 //
 // Parameters and their gradients each live in one flat fp32 buffer owned by the model; every
 // tensor is a view into it (see `params()`), which keeps the optimizer, gradient clipping,
-// checkpoints and (later) bucketed all-reduce simple. The model calls no communicator.
+// checkpoints and bucketed gradient reduction simple. The model calls no communicator: a
+// data-parallel engine (parallel.hpp) learns when gradients are final through a generic hook.
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +68,16 @@ struct ParamTensor {
   bool weight_decay = false;   // true for matrices and embeddings, false for norms and biases
 };
 
+// A contiguous range of the flat parameter (and gradient) buffer, in floats.
+struct ParamRange {
+  size_t offset = 0;
+  size_t count = 0;
+};
+
+// Called during backward with a range of grads() whose values are final for this
+// forward_backward: (offset, count) in floats. See Model::set_grad_ready_hook.
+using GradReadyHook = std::function<void(size_t offset, size_t count)>;
+
 class Model {
  public:
   // Allocates parameters (zero) and gradients on `backend`, which must outlive the model.
@@ -93,6 +106,21 @@ class Model {
   // outside [0, vocab_size).
   float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                          float grad_scale = 1.0f);
+  // Gradient-ready hook: when set, every forward_backward calls it once per entry of
+  // grad_ready_order(), in that order, as soon as backward has finished writing that range of
+  // grads(): the final norm (and an untied LM head) first, then each block from the last to the
+  // first, then the embeddings (with tied embeddings the shared matrix is reported there, after
+  // the embedding backward). The ranges are contiguous, disjoint, cover the whole buffer and come
+  // in descending offset order. The hook runs on the calling thread between layers. Once reported,
+  // a range is not read or written again by that forward_backward, so the hook may hand it to
+  // another thread (an asynchronous all-reduce rewriting it in place) while backward goes on. A
+  // micro-batch with no valid target still reports every range (its contribution is zero). An
+  // empty hook (the default) turns it off. DataParallel (parallel.hpp) starts its bucketed
+  // gradient reductions from here; the model itself knows nothing of communication.
+  void set_grad_ready_hook(GradReadyHook hook);
+  // The ranges the hook reports, in the order it reports them (fixed for the model's lifetime).
+  const std::vector<ParamRange>& grad_ready_order() const { return grad_ready_order_; }
+
   // Mean loss only (evaluation); no gradients, no state kept for a backward.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
   // Logits (B,T,V) for every position.
@@ -107,6 +135,8 @@ class Model {
   float* grads_ = nullptr;
   size_t num_params_ = 0;
   std::vector<ParamTensor> tensors_;
+  std::vector<ParamRange> grad_ready_order_;
+  GradReadyHook grad_ready_hook_;
   std::unique_ptr<Impl> impl_;
 };
 

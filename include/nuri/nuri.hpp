@@ -32,16 +32,24 @@
 //   nuri::save_model("model.bin", model);
 //   nuri::train(nuri::load_run_config("run.toml", {"train.steps=100"}));   // config.hpp
 //
+//   // 6. Data parallel under mpirun (comm.hpp, parallel.hpp): the same model, wrapped.
+//   nuri::MpiEnvironment mpi(&argc, &argv);
+//   nuri::ProcessGrid grid(mpi.world(), /*tp=*/1);
+//   nuri::DataParallel dp(model, *be, ocfg, grid.dp_ptr());   // bucketed all-reduce, ZeRO-1
+//   nuri::train(cfg, mpi.world());                           // or the whole training, on every rank
+//
 // Errors are thrown as nuri::Error (error.hpp) with a kind, the op, the rank and file:line.
-// Parallelism (process grids, tensor/data parallel layers) and checkpoints arrive in their own
-// headers; the model above will not change for them.
+// Tensor-parallel layers and checkpoints arrive in their own headers; the model above will not
+// change for them.
 #include "nuri/backend.hpp"
+#include "nuri/comm.hpp"
 #include "nuri/config.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
 #include "nuri/log.hpp"
 #include "nuri/model.hpp"
 #include "nuri/optim.hpp"
+#include "nuri/parallel.hpp"
 #include "nuri/rng.hpp"
 #include "nuri/timer.hpp"
 #include "nuri/train.hpp"

@@ -1,13 +1,15 @@
 #pragma once
 // AdamW over a model's flat parameter buffer, learning-rate schedules and global-norm clipping.
+#include <cstddef>
 #include <string>
+#include <vector>
 
 #include "nuri/config.hpp"
+#include "nuri/model.hpp"
 
 namespace nuri {
 
 class Backend;
-class Model;
 
 // Learning rate at `step` (0-based) of `total_steps`:
 //   warmup: linear from lr/warmup to lr over warmup_steps;
@@ -20,24 +22,41 @@ class AdamW {
  public:
   // Allocates the moments (2 x num_params floats) on `backend`. The model must outlive this.
   AdamW(const OptimConfig& cfg, Model& model, Backend& backend);
+  // Sharded (ZeRO-1): updates only the `owned` ranges of the flat buffer, and keeps moments for
+  // them alone (2 x the sum of their counts floats, in the order given). The ranges must lie inside
+  // the buffer and not overlap (Error(internal) otherwise); an empty list owns nothing.
+  AdamW(const OptimConfig& cfg, Model& model, Backend& backend, std::vector<ParamRange> owned);
   ~AdamW();
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
-  // Global L2 norm of the model's gradients.
+  // Global L2 norm of the model's gradients (of the owned ranges when sharded).
   double grad_norm() const;
+  // Sum of squares of the owned gradients (the whole buffer when not sharded), for a norm that
+  // a data-parallel engine completes by summing over ranks.
+  double grad_sum_squares() const;
   // One update with learning rate `lr`, clipping the gradients to cfg.grad_clip by global norm
   // (computed here, or passed in as `norm` to avoid a second pass). Increments step().
   void step(double lr, double norm);
   int step_count() const { return step_; }
-  float* exp_avg() { return m_; }
+  float* exp_avg() { return m_; }      // moment_floats() floats, owned ranges in order
   float* exp_avg_sq() { return v_; }
+  size_t moment_floats() const { return moment_floats_; }
+  const std::vector<ParamRange>& owned() const { return owned_; }
   void set_step_count(int s) { step_ = s; }
 
  private:
+  // One update call: a tensor, or the part of a tensor inside an owned range.
+  struct Piece {
+    size_t param_offset, moment_offset, count;
+    bool decay;
+  };
   OptimConfig cfg_;
   Model& model_;
   Backend& backend_;
+  std::vector<ParamRange> owned_;
+  std::vector<Piece> pieces_;
+  size_t moment_floats_ = 0;
   float* m_ = nullptr;
   float* v_ = nullptr;
   int step_ = 0;

@@ -1,6 +1,7 @@
 #pragma once
 // The trainer loop, sampling and the model file.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -8,6 +9,7 @@
 
 namespace nuri {
 
+class Communicator;
 class Model;
 class Tokenizer;
 
@@ -18,6 +20,11 @@ struct TrainResult {
   double unigram_val_loss = 0;  // the unigram baseline on the same validation text
   double tokens_per_second = 0;
   int skipped_steps = 0;
+  // Data parallelism (all per timed step, i.e. after the first): the DP degree, the wall time of
+  // a step, the time DP collectives were in flight, and the part of it the training thread waited
+  // for (not hidden behind backward). compute_s = step_s - exposed_comm_s.
+  int dp = 1;
+  double step_s = 0, comm_s = 0, exposed_comm_s = 0, compute_s = 0;
   std::string model_path;    // run_dir/model.bin, if saved
   std::string metrics_path;  // run_dir/metrics.jsonl
 };
@@ -25,7 +32,17 @@ struct TrainResult {
 // Runs a whole training as configured: data, model, AdamW, schedule, evaluation, progress lines,
 // metrics JSONL, sample and model file. Throws Error on bad configuration or data, and
 // Error(numeric) when the loss stays non-finite (see train.nonfinite).
-TrainResult train(const RunConfig& cfg);
+//
+// `world`: the ranks of the job (MpiEnvironment::world(), comm.hpp), or null for one process.
+// Collective over `world`: every rank calls train() with the same config. The ranks form a
+// ProcessGrid (parallel.tp x parallel.dp) and train data-parallel (parallel.hpp): each DP rank
+// computes its rows of every global batch of dp x train.batch_size sequences (so a run on d ranks
+// equals a single process with batch d x B, up to fp32 reduction order). World rank 0 alone
+// prints and writes the run directory; evaluation is sharded over DP and all-reduced. Threads
+// per rank: train.threads, else ProcessGrid::threads_per_rank(). A rank that fails during set-up
+// makes every rank throw (no rank waits in a collective for it); a failure later ends the job
+// through the communicator's timeout unless the caller aborts it (nuri's main() calls abort_job).
+TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world = nullptr);
 
 struct SampleOptions {
   int max_tokens = 200;

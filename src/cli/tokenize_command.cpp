@@ -1,16 +1,16 @@
 // nuri tokenize: text, JSONL and directories -> token shards + manifest.json, on threads and
 // across mpirun ranks; `nuri tokenize --verify DIR` checks a directory end to end.
 //
-// MPI stays in this file (a later parallel engine replaces it with its Communicator): under
-// mpirun each rank tokenizes a contiguous share of the work units (nuri/shards.hpp) into its own
-// shards, then rank 0 gathers the shard lists in rank order and writes the manifest. The token
-// stream (shards in manifest order) is the same for any rank and thread count.
-#include <mpi.h>
+// Under mpirun each rank tokenizes a contiguous share of the work units (nuri/shards.hpp) into
+// its own shards, then rank 0 gathers the shard lists in rank order (over the job's Communicator,
+// comm.hpp) and writes the manifest. The token stream (shards in manifest order) is the same for
+// any rank and thread count.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <regex>
 #include <sstream>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "nuri/comm.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
 #include "nuri/shards.hpp"
@@ -46,64 +47,53 @@ struct TokenizeCliOptions {
   std::vector<std::string> inputs;
 };
 
-// Started by mpirun/srun? Only then is MPI initialized: a plain `nuri tokenize` never touches it.
-bool launched_by_mpi() {
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
-    if (std::getenv(var)) return true;
-  return false;
-}
-
-class MpiSession {
+// The job's ranks, over main()'s MPI environment (null: one process); a world of one needs no
+// communicator.
+class RankGroup {
  public:
-  MpiSession() {
-    if (!launched_by_mpi()) return;
-    int initialized = 0;
-    MPI_Initialized(&initialized);
-    if (!initialized) {
-      MPI_Init(nullptr, nullptr);
-      owns_ = true;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-    MPI_Comm_size(MPI_COMM_WORLD, &world_);
-  }
-  ~MpiSession() {
-    if (owns_) MPI_Finalize();
-  }
+  explicit RankGroup(const MpiEnvironment* mpi)
+      : comm_(mpi && mpi->world_size() > 1 ? mpi->world() : nullptr),
+        rank_(mpi ? mpi->world_rank() : 0),
+        world_(mpi ? mpi->world_size() : 1) {}
   int rank() const { return rank_; }
   int world() const { return world_; }
 
   // True when `ok` holds on every rank (a collective: every rank must call it).
   bool all(bool ok) const {
     if (world_ == 1) return ok;
-    int mine = ok ? 1 : 0, every = 0;
-    MPI_Allreduce(&mine, &every, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+    int32_t every = ok ? 1 : 0;
+    comm_->all_reduce(&every, 1, ReduceOp::min);
     return every != 0;
   }
-  // Rank 0 receives every rank's text in rank order; other ranks get an empty vector.
+  // Rank 0 receives every rank's text in rank order; other ranks get an empty vector. The texts
+  // travel as 8-byte words, each rank's padded to the longest (shard lists are small).
   std::vector<std::string> gather(const std::string& text) const {
     if (world_ == 1) return {text};
-    int len = int(text.size());
-    std::vector<int> lens(static_cast<size_t>(world_)), offsets(static_cast<size_t>(world_));
-    MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, MPI_COMM_WORLD);
-    int total = 0;
-    for (int r = 0; r < world_; ++r) offsets[size_t(r)] = total, total += lens[size_t(r)];
-    std::string all(size_t(rank_ == 0 ? total : 0), '\0');
-    MPI_Gatherv(text.data(), len, MPI_CHAR, all.data(), lens.data(), offsets.data(), MPI_CHAR, 0, MPI_COMM_WORLD);
+    const size_t n = size_t(world_);
+    std::vector<int64_t> lens(n);
+    const int64_t mine = int64_t(text.size());
+    comm_->all_gather(&mine, lens.data(), n);
+    const size_t words = size_t(*std::max_element(lens.begin(), lens.end()) + 7) / 8;
+    if (words == 0) return rank_ == 0 ? std::vector<std::string>(n) : std::vector<std::string>{};
+    std::vector<int64_t> padded(words, 0), all(words * n);
+    std::memcpy(padded.data(), text.data(), text.size());
+    comm_->all_gather(padded.data(), all.data(), all.size());
     std::vector<std::string> out;
     if (rank_ == 0)
-      for (int r = 0; r < world_; ++r) out.push_back(all.substr(size_t(offsets[size_t(r)]), size_t(lens[size_t(r)])));
+      for (size_t r = 0; r < n; ++r)
+        out.emplace_back(reinterpret_cast<const char*>(all.data() + r * words), size_t(lens[r]));
     return out;
   }
 
  private:
-  bool owns_ = false;
+  std::shared_ptr<Communicator> comm_;
   int rank_ = 0, world_ = 1;
 };
 
 // Runs `fn` on every rank, then agrees: when any rank failed, each rank throws (its own error,
 // or one saying that another rank failed), so no rank waits forever in a later collective.
 template <typename Fn>
-void phase(const MpiSession& mpi, const char* what, Fn&& fn) {
+void phase(const RankGroup& mpi, const char* what, Fn&& fn) {
   std::exception_ptr error;
   try {
     fn();
@@ -205,10 +195,9 @@ void verify_directory(const std::string& dir, const std::string& tokenizer_name)
               double(bytes) / 1e6, clock.seconds());
 }
 
-void run_tokenize(const TokenizeCliOptions& opt) {
-  MpiSession mpi;
+void run_tokenize(const TokenizeCliOptions& opt, const MpiEnvironment* env) {
+  const RankGroup mpi(env);
   const int rank = mpi.rank(), world = mpi.world();
-  if (world > 1) set_process_rank(rank);
   const bool talk = rank == 0 && !opt.quiet;
 
   TokenizeOptions to;
@@ -305,7 +294,7 @@ void run_tokenize(const TokenizeCliOptions& opt) {
 
 }  // namespace
 
-void add_tokenize_command(CLI::App& app) {
+void add_tokenize_command(CLI::App& app, const MpiEnvironment* mpi) {
   auto opt = std::make_shared<TokenizeCliOptions>();
   CLI::App* cmd = app.add_subcommand("tokenize", "Tokenize text into token shards for `nuri train` (data.datasets)");
   cmd->add_option("--tokenizer", opt->tokenizer, "\"bytes\" or a tokenizer file (see nuri tokenizer-train)");
@@ -336,7 +325,7 @@ void add_tokenize_command(CLI::App& app) {
       "  mpirun -np 8 nuri tokenize --tokenizer tok.json --val-fraction 0.005 -o shards/web corpus/\n"
       "  nuri tokenize --verify shards/ko\n"
       "Then train on them: data.datasets = [\"shards/ko\"] (docs/data-format.md).");
-  cmd->callback([opt] {
+  cmd->callback([opt, mpi] {
     if (!opt->verify_dir.empty()) {
       verify_directory(opt->verify_dir, opt->tokenizer);
       return;
@@ -344,7 +333,7 @@ void add_tokenize_command(CLI::App& app) {
     NURI_CHECK(!opt->tokenizer.empty(), config, "tokenize", "--tokenizer is required: \"bytes\" or a tokenizer file");
     NURI_CHECK(!opt->output.empty(), config, "tokenize", "-o/--output is required: the directory for the shards");
     NURI_CHECK(!opt->inputs.empty(), config, "tokenize", "no inputs: give text/JSONL files or directories");
-    run_tokenize(*opt);
+    run_tokenize(*opt, mpi);
   });
 }
 

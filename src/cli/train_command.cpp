@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "nuri/comm.hpp"
 #include "nuri/config.hpp"
 #include "nuri/model.hpp"
 #include "nuri/train.hpp"
@@ -51,7 +52,7 @@ void dry_run(const RunConfig& cfg) {
 
 }  // namespace
 
-void add_train_command(CLI::App& app) {
+void add_train_command(CLI::App& app, const MpiEnvironment* mpi) {
   auto opt = std::make_shared<TrainOptions>();
   CLI::App* cmd = app.add_subcommand("train", "Train a model from a TOML config");
   cmd->add_option("-c,--config", opt->config, "TOML config file (see examples/configs/)");
@@ -61,18 +62,27 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--dry-run", opt->dry_run,
                 "Print the parameter count and memory estimate, then exit without training");
   cmd->add_flag("--help-config", opt->help_config, "List every config key with its default");
-  cmd->footer("Writes run_dir/config.toml, metrics.jsonl, sample.txt and model.bin.");
-  cmd->callback([opt] {
+  cmd->footer(
+      "Writes run_dir/config.toml, metrics.jsonl, sample.txt and model.bin.\n"
+      "Under mpirun the ranks train data-parallel (parallel.* keys); rank 0 prints and writes.");
+  cmd->callback([opt, mpi] {
+    const bool lead = !mpi || mpi->world_rank() == 0;
     if (opt->help_config) {
-      std::printf("Config keys (section.key  default  meaning):\n%s", describe_config_keys().c_str());
+      if (lead) std::printf("Config keys (section.key  default  meaning):\n%s", describe_config_keys().c_str());
       return;
     }
     RunConfig cfg = load_run_config(opt->config, opt->overrides);
     if (opt->dry_run) {
-      dry_run(cfg);
+      if (lead) dry_run(cfg);
       return;
     }
-    train(cfg);
+    if (!mpi) {
+      train(cfg);  // one process, no MPI
+      return;
+    }
+    CommOptions comm;
+    comm.timeout_s = cfg.parallel.comm_timeout_s;  // 0: $NURI_COMM_TIMEOUT, else 300 s
+    train(cfg, mpi->world(comm));
   });
 }
 

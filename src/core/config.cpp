@@ -166,6 +166,7 @@ std::vector<Key> schema(RunConfig& c) {
   DataConfig& d = c.data;
   OptimConfig& o = c.optim;
   TrainConfig& t = c.train;
+  ParallelConfig& p = c.parallel;
   const int big = 1 << 30;
   return {
       string_key("backend", &c.backend, {"cpu", "cuda"}, "compute backend"),
@@ -221,6 +222,15 @@ std::vector<Key> schema(RunConfig& c) {
       real_key("train.sample_temperature", &t.sample_temperature, 0.0, 100.0, "sampling temperature"),
       int_key("train.sample_top_k", &t.sample_top_k, 0, big, "top-k (0: all)"),
       bool_key("train.save", &t.save, "write run_dir/model.bin at the end"),
+      int_key("parallel.tp", &p.tp, 1, 1 << 20, "tensor-parallel degree (only 1 is built so far)"),
+      int_key("parallel.dp", &p.dp, 0, 1 << 20,
+              "data-parallel degree; 0: world size / tp (tp x dp must equal the ranks of mpirun -np)"),
+      bool_key("parallel.zero1", &p.zero1,
+               "ZeRO-1: shard the AdamW moments over DP (reduce-scatter grads, all-gather params)"),
+      real_key("parallel.bucket_mb", &p.bucket_mb, 0.0, 1e6,
+               "gradient bucket (MiB of fp32), reduced during backward; 0: one per layer"),
+      real_key("parallel.comm_timeout_s", &p.comm_timeout_s, 0.0, 1e9,
+               "a collective slower than this aborts the job, naming the missing ranks (0: $NURI_COMM_TIMEOUT or 300)"),
   };
 }
 

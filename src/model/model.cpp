@@ -123,7 +123,21 @@ Model::Model(const ModelConfig& cfg, Backend& backend)
   }
   params_ = backend_.alloc(num_params_);
   grads_ = backend_.alloc(num_params_);
+
+  // The order in which backward finishes the gradients (see set_grad_ready_hook): the head
+  // (final norm, and lm_head when untied: both at the end of the buffer), blocks last to first,
+  // then the embeddings (wte, which a tied head shares, and wpe).
+  const size_t head_start = impl_->lnf_w;
+  grad_ready_order_.push_back({head_start, num_params_ - head_start});
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    const size_t begin = impl_->blocks[l].ln1_w;
+    const size_t end = l + 1 < cfg_.n_layer ? impl_->blocks[l + 1].ln1_w : head_start;
+    grad_ready_order_.push_back({begin, end - begin});
+  }
+  grad_ready_order_.push_back({0, impl_->blocks.empty() ? head_start : impl_->blocks[0].ln1_w});
 }
+
+void Model::set_grad_ready_hook(GradReadyHook hook) { grad_ready_hook_ = std::move(hook); }
 
 Model::~Model() {
   impl_.reset();
@@ -337,9 +351,22 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   const bool keep_all = !cfg_.recompute;
   forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
 
+  // Reports the next entry of grad_ready_order() to the hook, if one is set.
+  size_t next_ready = 0;
+  auto grads_ready = [&] {
+    if (grad_ready_hook_) {
+      const ParamRange& r = grad_ready_order_[next_ready];
+      grad_ready_hook_(r.offset, r.count);
+    }
+    ++next_ready;
+  };
+
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
-  if (valid == 0) return 0.0f;
+  if (valid == 0) {
+    while (next_ready < grad_ready_order_.size()) grads_ready();
+    return 0.0f;
+  }
   // Loss head: fused LM head + cross-entropy writes dL/d(lnf) into dln and accumulates dW_head.
   const double loss_sum = backend_.lm_head_cross_entropy(m.dln, grads_ + m.head, m.lnf,
                                                          params_ + m.head, targets, d.N, d.C, d.V,
@@ -347,12 +374,15 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   backend_.zero(m.dres, size_t(d.N) * d.C);
   norm_backward(backend_, d, m.dres, grads_ + m.lnf_w, Impl::at(grads_, m.lnf_b), m.dln,
                 m.res[cfg_.n_layer], params_ + m.lnf_w, m.meanf, m.rstdf);
+  grads_ready();  // final norm (+ untied LM head)
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const BlockParams p = m.view(params_, l);
     if (!keep_all) block_forward(backend_, d, cfg_, p, m.acts[0], m.res[l], m.res[l + 1]);
     block_backward(backend_, d, cfg_, p, m.view(grads_, l), m.acts[keep_all ? l : 0], m.res[l], m);
+    grads_ready();  // block l
   }
   backend_.embedding_backward(grads_ + m.wte, Impl::at(grads_, m.wpe), m.dres, tokens, d.N, d.T, d.C);
+  grads_ready();  // embeddings (and the tied LM head)
   return float(loss_sum / double(valid));
 }
 

@@ -1,5 +1,7 @@
-// AdamW over the model's flat parameter buffer: one backend call per parameter tensor, with
-// weight decay only where the tensor asks for it (matrices and embeddings, not norms or biases).
+// AdamW over the model's flat parameter buffer (or owned ranges of it, for ZeRO-1): one backend
+// call per parameter tensor (or per piece of a tensor inside an owned range), with weight decay
+// only where the tensor asks for it (matrices and embeddings, not norms or biases).
+#include <algorithm>
 #include <cmath>
 
 #include "nuri/backend.hpp"
@@ -10,12 +12,35 @@
 namespace nuri {
 
 AdamW::AdamW(const OptimConfig& cfg, Model& model, Backend& backend)
-    : cfg_(cfg), model_(model), backend_(backend) {
+    : AdamW(cfg, model, backend, {ParamRange{0, model.num_params()}}) {}
+
+AdamW::AdamW(const OptimConfig& cfg, Model& model, Backend& backend, std::vector<ParamRange> owned)
+    : cfg_(cfg), model_(model), backend_(backend), owned_(std::move(owned)) {
   NURI_CHECK(cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 && cfg.beta2 < 1, config, "AdamW",
              "optim.beta1 and optim.beta2 must be in [0, 1), got " << cfg.beta1 << " and " << cfg.beta2);
   NURI_CHECK(cfg.eps > 0, config, "AdamW", "optim.eps must be > 0, got " << cfg.eps);
-  m_ = backend_.alloc(model.num_params());
-  v_ = backend_.alloc(model.num_params());
+  std::vector<ParamRange> sorted = owned_;
+  std::sort(sorted.begin(), sorted.end(), [](const ParamRange& a, const ParamRange& b) { return a.offset < b.offset; });
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    NURI_CHECK(sorted[i].offset + sorted[i].count <= model.num_params(), internal, "AdamW",
+               "owned range [" << sorted[i].offset << ", " << sorted[i].offset + sorted[i].count
+                               << ") lies outside the " << model.num_params() << " parameters");
+    NURI_CHECK(i == 0 || sorted[i - 1].offset + sorted[i - 1].count <= sorted[i].offset, internal, "AdamW",
+               "owned ranges overlap at offset " << sorted[i].offset);
+  }
+  // Pieces: each owned range cut at tensor boundaries (tensors are sorted by offset and tile the
+  // buffer). Unsharded, this is exactly one piece per tensor.
+  for (const ParamRange& r : owned_) {
+    const size_t end = r.offset + r.count;
+    for (const ParamTensor& t : model.tensors()) {
+      const size_t lo = std::max(r.offset, t.offset), hi = std::min(end, t.offset + t.numel);
+      if (lo >= hi) continue;
+      pieces_.push_back({lo, moment_floats_ + (lo - r.offset), hi - lo, t.weight_decay});
+    }
+    moment_floats_ += r.count;
+  }
+  m_ = backend_.alloc(std::max<size_t>(moment_floats_, 1));
+  v_ = backend_.alloc(std::max<size_t>(moment_floats_, 1));
 }
 
 AdamW::~AdamW() {
@@ -23,19 +48,23 @@ AdamW::~AdamW() {
   backend_.free(v_);
 }
 
-double AdamW::grad_norm() const {
-  return std::sqrt(backend_.sum_squares(model_.grads(), model_.num_params()));
+double AdamW::grad_sum_squares() const {
+  double sum = 0;
+  for (const ParamRange& r : owned_) sum += backend_.sum_squares(model_.grads() + r.offset, r.count);
+  return sum;
 }
+
+double AdamW::grad_norm() const { return std::sqrt(grad_sum_squares()); }
 
 void AdamW::step(double lr, double norm) {
   ++step_;
   float grad_scale = 1.0f;
   if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) grad_scale = float(cfg_.grad_clip / norm);
-  for (const ParamTensor& t : model_.tensors()) {
-    backend_.adamw_update(model_.params() + t.offset, model_.grads() + t.offset, m_ + t.offset,
-                          v_ + t.offset, t.numel, float(lr), float(cfg_.beta1), float(cfg_.beta2),
-                          float(cfg_.eps), t.weight_decay ? float(cfg_.weight_decay) : 0.0f, step_,
-                          grad_scale);
+  for (const Piece& p : pieces_) {
+    backend_.adamw_update(model_.params() + p.param_offset, model_.grads() + p.param_offset,
+                          m_ + p.moment_offset, v_ + p.moment_offset, p.count, float(lr),
+                          float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
+                          p.decay ? float(cfg_.weight_decay) : 0.0f, step_, grad_scale);
   }
 }
 

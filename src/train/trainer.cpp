@@ -1,5 +1,6 @@
-// The training loop: data -> model -> loss -> backward -> clip -> AdamW, with evaluation,
-// progress lines, JSONL metrics, sampling and the model file.
+// The training loop: data -> model -> loss -> backward -> gradient sync -> clip -> AdamW, with
+// evaluation, progress lines, JSONL metrics, sampling and the model file. Under mpirun the ranks
+// train data-parallel (parallel.hpp); world rank 0 alone prints and writes the run directory.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -9,11 +10,13 @@
 #include <unistd.h>
 
 #include "nuri/backend.hpp"
+#include "nuri/comm.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
 #include "nuri/log.hpp"
 #include "nuri/model.hpp"
 #include "nuri/optim.hpp"
+#include "nuri/parallel.hpp"
 #include "nuri/shards.hpp"
 #include "nuri/timer.hpp"
 #include "nuri/tokenizer.hpp"
@@ -53,14 +56,36 @@ std::string bar(int done, int total, int width = 20) {
   return out;
 }
 
-double evaluate(Model& model, const TokenStream& val, int B, int T, int batches) {
-  std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+// Mean validation loss over `batches` global batches of dp*B sequences, sharded over DP: this
+// rank scores its B rows of each and the per-batch means are averaged over the DP group, so the
+// result is that of one process with batch dp*B (up to reduction order).
+double evaluate(Model& model, const TokenStream& val, int B, int T, int batches, Communicator* dp) {
+  const int dp_size = dp ? dp->size() : 1, dp_rank = dp ? dp->rank() : 0;
+  const size_t rows = size_t(B) * T;
+  std::vector<int32_t> x(rows * dp_size), y(rows * dp_size);
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
-    eval_batch(val, B, T, i, x.data(), y.data());
-    sum += model.forward_loss(x.data(), y.data(), B, T);
+    eval_batch(val, B * dp_size, T, i, x.data(), y.data());
+    sum += model.forward_loss(x.data() + rows * dp_rank, y.data() + rows * dp_rank, B, T);
   }
+  if (dp_size > 1) dp->all_reduce(&sum, 1, ReduceOp::avg);
   return sum / batches;
+}
+
+// Runs `fn` on every rank of `world`, then agrees: when any rank failed, each rank throws (its
+// own error, or one saying another rank failed), so no rank waits for it in a later collective.
+template <typename Fn>
+void agree(Communicator* world, const char* what, Fn&& fn) {
+  std::exception_ptr error;
+  try {
+    fn();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  int32_t ok = error ? 0 : 1;
+  if (world && world->size() > 1) world->all_reduce(&ok, 1, ReduceOp::min);
+  if (error) std::rethrow_exception(error);
+  NURI_CHECK(ok == 1, io, "train", "stopping: another rank failed while " << what << " (its message says why)");
 }
 
 }  // namespace
@@ -99,77 +124,148 @@ double measure_peak_gflops(Backend& backend) {
   return best;
 }
 
-TrainResult train(const RunConfig& cfg) {
+TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   const TrainConfig& tc = cfg.train;
-  std::unique_ptr<Backend> backend = make_backend(cfg.backend, tc.threads, cfg.cpu_gemm);
-  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(cfg.data.tokenizer);
-  NURI_CHECK(cfg.model.vocab_size >= tokenizer->vocab_size(), config, "train",
-             "model.vocab_size (" << cfg.model.vocab_size << ") is smaller than the "
-                                  << tokenizer->name() << " tokenizer's vocabulary ("
-                                  << tokenizer->vocab_size() << "); set model.vocab_size = "
-                                  << tokenizer->vocab_size());
-  NURI_CHECK(tc.seq_len <= cfg.model.max_seq_len, config, "train",
-             "train.seq_len (" << tc.seq_len << ") exceeds model.max_seq_len (" << cfg.model.max_seq_len << ")");
-
-  // The run directory first: a path that cannot be written fails before any expensive set-up.
-  try {
-    std::filesystem::create_directories(tc.run_dir);
-  } catch (const std::filesystem::filesystem_error& e) {
-    NURI_THROW(io, "train", "cannot create train.run_dir '" << tc.run_dir << "': " << e.code().message());
+  const ParallelConfig& pc = cfg.parallel;
+  // The process grid first: its check of tp x dp against the world size comes before anything else.
+  std::unique_ptr<ProcessGrid> grid;
+  if (world) {
+    grid = std::make_unique<ProcessGrid>(world, pc.tp, pc.dp);
+    NURI_CHECK(pc.tp == 1, config, "train",
+               "parallel.tp = " << pc.tp << ": tensor parallelism is not built yet; set parallel.tp = 1 "
+                                << "(the " << world->size() << " rank(s) then train data-parallel, parallel.dp = "
+                                << world->size() << ")");
+  } else {
+    const long ranks = long(pc.tp) * std::max(pc.dp, 1);
+    NURI_CHECK(ranks == 1, config, "train",
+               "parallel.tp = " << pc.tp << " x parallel.dp = " << std::max(pc.dp, 1) << " asks for " << ranks
+                                << " ranks, but this training runs in one process; launch it with `mpirun -np "
+                                << ranks << " nuri train ...` (a library caller passes the world communicator to "
+                                << "nuri::train), or set parallel.tp = 1 and parallel.dp = 0"
+                                << (pc.tp > 1 ? "; tensor parallelism is not built yet, so parallel.tp must be 1 "
+                                                "for now" : ""));
   }
-  {
-    const std::string path = tc.run_dir + "/config.toml";
-    std::ofstream out(path);
-    out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
-    NURI_CHECK(out.good(), io, "train", "cannot write '" << path << "' (train.run_dir)");
-  }
-  // The tokenizer travels with the run, so `nuri generate` (and whoever reads the run later)
-  // decodes with exactly the tokenizer the model was trained with.
-  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(tokenizer.get()))
-    bpe->save_hf_json(tc.run_dir + "/tokenizer.json");
-
-  // Data: text files tokenized in memory, or token-shard directories checked against this run's
-  // tokenizer and vocabulary. Both become DataSources of one DataLoader; all checks happen here,
-  // before the model is allocated.
-  NURI_CHECK(!cfg.data.train_files.empty() || !cfg.data.datasets.empty(), config, "train",
-             "no training data: set data.train_files (text files, tokenized at start) or data.datasets "
-             "(token-shard directories written by `nuri tokenize`)");
+  Communicator* world_comm = grid ? &grid->world() : nullptr;
+  const std::shared_ptr<Communicator> dp_comm = grid ? grid->dp_ptr() : nullptr;
+  const int dp_size = grid ? grid->dp_size() : 1, dp_rank = grid ? grid->dp_rank() : 0;
+  const bool lead = !grid || grid->world_rank() == 0;  // prints and writes the run directory
+  if (grid) grid->print();
+  const int threads = tc.threads > 0 ? tc.threads : grid ? grid->threads_per_rank() : 0;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Tokenizer> tokenizer;
   std::vector<DataSource> sources;
   std::vector<TokenView> val_views;
-  std::vector<std::string> dataset_notes;
-  if (!cfg.data.datasets.empty()) {
-    ShardCheck check;
-    check.tokenizer = tokenizer.get();
-    check.max_vocab = uint64_t(cfg.model.vocab_size);
-    check.verify = cfg.data.verify_shards;
-    if (check.verify) NURI_INFO("data: verifying the checksums of every shard (data.verify_shards) ...");
-    for (size_t i = 0; i < cfg.data.datasets.size(); ++i) {
-      const std::string& dir = cfg.data.datasets[i];
-      const ShardDataset ds = open_shard_dataset(dir, check);
-      const double weight = cfg.data.weights.empty() ? double(std::max<uint64_t>(1, ds.manifest.train.tokens()))
-                                                     : cfg.data.weights[i];
-      sources.push_back({dir, ds.train_views(), weight});
-      for (const TokenView& v : ds.val_views()) val_views.push_back(v);
-    }
-  }
-  // Text files keep BatchLoader's random windows, so their batches are the same as before shards
-  // existed (the loss curves of earlier runs and tests stay comparable); shard datasets use the
-  // DataLoader (permuted non-overlapping windows, weights, exact resume).
   std::shared_ptr<const std::vector<int32_t>> text_train;
   std::unique_ptr<BatchLoader> text_loader;
   std::unique_ptr<DataLoader> shard_loader;
   std::vector<TokenView> train_views;
-  if (cfg.data.datasets.empty()) {
-    TokenDataset text = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
-    text_train = std::make_shared<const std::vector<int32_t>>(std::move(text.train));
-    train_views.push_back(TokenView::of(text_train, "data.train_files"));
-    val_views.push_back(TokenView::of(std::move(text.val), "data.train_files (validation)"));
-    text_loader = std::make_unique<BatchLoader>(*text_train, tc.batch_size, tc.seq_len, tc.seed);
-  } else {
-    for (const DataSource& s : sources) train_views.insert(train_views.end(), s.shards.begin(), s.shards.end());
-    shard_loader = std::make_unique<DataLoader>(sources, tc.batch_size, tc.seq_len, tc.seed, 0, 1,
-                                                cfg.model.vocab_size);
-  }
+  TokenStream train_stream, val;
+  bool have_val = false;
+  double unigram = 0, need_mib = 0;
+  agree(world_comm, "setting up (config, data, memory)", [&] {
+    backend = make_backend(cfg.backend, threads, cfg.cpu_gemm);
+    tokenizer = make_tokenizer(cfg.data.tokenizer);
+    NURI_CHECK(cfg.model.vocab_size >= tokenizer->vocab_size(), config, "train",
+               "model.vocab_size (" << cfg.model.vocab_size << ") is smaller than the "
+                                    << tokenizer->name() << " tokenizer's vocabulary ("
+                                    << tokenizer->vocab_size() << "); set model.vocab_size = "
+                                    << tokenizer->vocab_size());
+    NURI_CHECK(tc.seq_len <= cfg.model.max_seq_len, config, "train",
+               "train.seq_len (" << tc.seq_len << ") exceeds model.max_seq_len (" << cfg.model.max_seq_len << ")");
+
+    // The run directory first: a path that cannot be written fails before any expensive set-up.
+    if (lead) {
+      try {
+        std::filesystem::create_directories(tc.run_dir);
+      } catch (const std::filesystem::filesystem_error& e) {
+        NURI_THROW(io, "train", "cannot create train.run_dir '" << tc.run_dir << "': " << e.code().message());
+      }
+      {
+        const std::string path = tc.run_dir + "/config.toml";
+        std::ofstream out(path);
+        out << "# resolved configuration of this run (nuri train writes it)\n" << to_toml(cfg);
+        NURI_CHECK(out.good(), io, "train", "cannot write '" << path << "' (train.run_dir)");
+      }
+      // The tokenizer travels with the run, so `nuri generate` (and whoever reads the run later)
+      // decodes with exactly the tokenizer the model was trained with.
+      if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(tokenizer.get()))
+        bpe->save_hf_json(tc.run_dir + "/tokenizer.json");
+    }
+
+    // Data: text files tokenized in memory, or token-shard directories checked against this run's
+    // tokenizer and vocabulary. Both become DataSources of one DataLoader; all checks happen here,
+    // before the model is allocated.
+    NURI_CHECK(!cfg.data.train_files.empty() || !cfg.data.datasets.empty(), config, "train",
+               "no training data: set data.train_files (text files, tokenized at start) or data.datasets "
+               "(token-shard directories written by `nuri tokenize`)");
+    if (!cfg.data.datasets.empty()) {
+      ShardCheck check;
+      check.tokenizer = tokenizer.get();
+      check.max_vocab = uint64_t(cfg.model.vocab_size);
+      check.verify = cfg.data.verify_shards;
+      if (check.verify) NURI_INFO("data: verifying the checksums of every shard (data.verify_shards) ...");
+      for (size_t i = 0; i < cfg.data.datasets.size(); ++i) {
+        const std::string& dir = cfg.data.datasets[i];
+        const ShardDataset ds = open_shard_dataset(dir, check);
+        const double weight = cfg.data.weights.empty() ? double(std::max<uint64_t>(1, ds.manifest.train.tokens()))
+                                                       : cfg.data.weights[i];
+        sources.push_back({dir, ds.train_views(), weight});
+        for (const TokenView& v : ds.val_views()) val_views.push_back(v);
+      }
+    }
+    // Text files keep BatchLoader's random windows, so their batches are the same as before shards
+    // existed (the loss curves of earlier runs and tests stay comparable); shard datasets use the
+    // DataLoader (permuted non-overlapping windows, weights, exact resume).
+    // Each DP rank serves its rows of every global batch of dp x B samples.
+    if (cfg.data.datasets.empty()) {
+      TokenDataset text = load_text_dataset(cfg.data.train_files, *tokenizer, cfg.data.val_fraction);
+      text_train = std::make_shared<const std::vector<int32_t>>(std::move(text.train));
+      train_views.push_back(TokenView::of(text_train, "data.train_files"));
+      val_views.push_back(TokenView::of(std::move(text.val), "data.train_files (validation)"));
+      text_loader = std::make_unique<BatchLoader>(*text_train, tc.batch_size, tc.seq_len, tc.seed, dp_rank, dp_size);
+    } else {
+      for (const DataSource& s : sources) train_views.insert(train_views.end(), s.shards.begin(), s.shards.end());
+      shard_loader = std::make_unique<DataLoader>(sources, tc.batch_size, tc.seq_len, tc.seed, dp_rank, dp_size,
+                                                  cfg.model.vocab_size);
+    }
+    train_stream = TokenStream(std::move(train_views));
+    val = TokenStream(std::move(val_views));
+    have_val = val.size() >= size_t(tc.seq_len) + 1;
+    // The unigram baseline is only printed and logged: rank 0's job.
+    unigram = have_val && lead ? unigram_loss(train_stream, val, tokenizer->vocab_size()) : 0.0;
+    if (lead && !have_val && tc.eval_every > 0) {
+      NURI_WARN("no validation: the held-out text (" << val.size() << " tokens, "
+                << (cfg.data.datasets.empty() ? "data.val_fraction = " + std::to_string(cfg.data.val_fraction)
+                                              : std::string("the val shards of data.datasets"))
+                << ") is shorter than one sequence of " << tc.seq_len + 1
+                << " tokens, so train.eval_every is ignored; raise the validation fraction or add documents");
+    }
+    if (lead && have_val && val.size() < size_t(tc.batch_size) * dp_size * tc.seq_len * tc.eval_batches + 1) {
+      NURI_WARN("the validation text (" << val.size() << " tokens) is shorter than "
+                << tc.eval_batches << " evaluation batches of " << tc.batch_size * dp_size << " x " << tc.seq_len
+                << "; evaluation wraps around and scores some tokens more than once");
+    }
+    if (lead && cfg.optim.warmup_steps >= tc.steps) {
+      NURI_WARN("optim.warmup_steps (" << cfg.optim.warmup_steps << ") >= train.steps (" << tc.steps
+                << "): the learning rate never reaches optim.lr = " << cfg.optim.lr);
+    }
+    // Refuse a run that cannot fit rather than let the kernel's OOM killer end it without a word.
+    // ZeRO-1 keeps 1/dp of the AdamW moments on each rank.
+    const MemoryEstimate estimate = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
+    const double adam_saved = pc.zero1 && dp_size > 1 ? estimate.adam_bytes * (1.0 - 1.0 / dp_size) : 0.0;
+    need_mib = (estimate.total(cfg.model.recompute) - adam_saved) / 1048576.0;
+    // The ranks on this node share its memory.
+    const double available = available_memory_bytes();
+    const int local_ranks = grid ? grid->local_size() : 1;
+    NURI_CHECK(available <= 0 || need_mib * local_ranks * 1048576.0 < available, backend, "train",
+               "this run needs about " << std::lround(need_mib)
+                                       << " MiB" << (local_ranks > 1 ? " per rank x " + std::to_string(local_ranks) + " ranks on this node" : std::string())
+                                       << " (nuri train --dry-run shows the parts) but only "
+                                       << std::lround(available / 1048576.0)
+                                       << " MiB are available; lower train.batch_size, turn on "
+                                       << "model.recompute, or choose a smaller model");
+  });  // agree: set-up
+
   auto next_batch = [&](int32_t* inputs, int32_t* targets) {
     if (shard_loader) {
       shard_loader->next(inputs, targets);
@@ -177,44 +273,20 @@ TrainResult train(const RunConfig& cfg) {
       text_loader->next(inputs, targets);
     }
   };
-  const TokenStream train_stream(std::move(train_views));
-  const TokenStream val(std::move(val_views));
-  const bool have_val = val.size() >= size_t(tc.seq_len) + 1;
-  const double unigram = have_val ? unigram_loss(train_stream, val, tokenizer->vocab_size()) : 0.0;
-  if (!have_val && tc.eval_every > 0) {
-    NURI_WARN("no validation: the held-out text (" << val.size() << " tokens, "
-              << (cfg.data.datasets.empty() ? "data.val_fraction = " + std::to_string(cfg.data.val_fraction)
-                                            : std::string("the val shards of data.datasets"))
-              << ") is shorter than one sequence of " << tc.seq_len + 1
-              << " tokens, so train.eval_every is ignored; raise the validation fraction or add documents");
-  }
-  if (have_val && val.size() < size_t(tc.batch_size) * tc.seq_len * tc.eval_batches + 1) {
-    NURI_WARN("the validation text (" << val.size() << " tokens) is shorter than "
-              << tc.eval_batches << " evaluation batches of " << tc.batch_size << " x " << tc.seq_len
-              << "; evaluation wraps around and scores some tokens more than once");
-  }
-  if (cfg.optim.warmup_steps >= tc.steps) {
-    NURI_WARN("optim.warmup_steps (" << cfg.optim.warmup_steps << ") >= train.steps (" << tc.steps
-              << "): the learning rate never reaches optim.lr = " << cfg.optim.lr);
-  }
-  // Refuse a run that cannot fit rather than let the kernel's OOM killer end it without a word.
-  const double need_mib =
-      estimate_memory(cfg.model, tc.batch_size, tc.seq_len).total(cfg.model.recompute) / 1048576.0;
-  const double available = available_memory_bytes();
-  NURI_CHECK(available <= 0 || need_mib * 1048576.0 < available, backend, "train",
-             "this run needs about " << std::lround(need_mib)
-                                     << " MiB (nuri train --dry-run shows the parts) but only "
-                                     << std::lround(available / 1048576.0)
-                                     << " MiB are available; lower train.batch_size, turn on "
-                                     << "model.recompute, or choose a smaller model");
-
   Model model(cfg.model, *backend);
   model.init_weights(tc.seed);
-  AdamW optimizer(cfg.optim, model, *backend);
+  DataParallelOptions dp_options;
+  dp_options.zero1 = pc.zero1;
+  dp_options.bucket_mb = pc.bucket_mb;
+  DataParallel engine(model, *backend, cfg.optim, dp_comm, dp_options);
+  engine.broadcast_parameters();  // replicas start identical whatever the initialisation did
 
-  const double peak = tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend);
+  // Every rank measures its own share of the node; the job's peak is the sum.
+  const double peak = (tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend)) *
+                      (grid ? grid->world_size() : 1);
   const double flops_per_token = cfg.model.train_flops_per_token(tc.seq_len);
-  const int64_t tokens_per_step = int64_t(tc.batch_size) * tc.seq_len * tc.grad_accum;
+  // Global: every DP rank's micro-batches together.
+  const int64_t tokens_per_step = int64_t(tc.batch_size) * tc.seq_len * tc.grad_accum * dp_size;
 
   NURI_INFO("nuri: " << cfg.model.family << " model (" << cfg.model.preset << " base), "
                      << cfg.model.n_layer << " layers, d_model " << cfg.model.d_model << ", "
@@ -231,7 +303,7 @@ TrainResult train(const RunConfig& cfg) {
   if (shard_loader) {
     // What this run will read: each dataset's share of the samples, in epochs of its windows.
     const DataLoader& loader = *shard_loader;
-    const double samples = double(tc.steps) * tc.grad_accum * tc.batch_size;
+    const double samples = double(tc.steps) * tc.grad_accum * tc.batch_size * dp_size;  // all ranks
     for (size_t i = 0; i < loader.num_sources(); ++i) {
       uint64_t tokens = 0;
       for (const TokenView& v : loader.source(i).shards) tokens += v.size;
@@ -245,8 +317,20 @@ TrainResult train(const RunConfig& cfg) {
   }
   NURI_INFO("run: " << tc.steps << " steps x " << with_commas(double(tokens_per_step))
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
-                    << tc.grad_accum << "), estimated memory "
-                    << std::lround(need_mib) << " MiB");
+                    << tc.grad_accum << (dp_size > 1 ? " x dp " + std::to_string(dp_size) : std::string())
+                    << "), estimated memory " << std::lround(need_mib) << " MiB"
+                    << (dp_size > 1 ? " per rank" : ""));
+  if (dp_size > 1) {
+    const double bucket_mib = double(engine.buckets().front().count) * 4 / 1048576.0;
+    char line[200];
+    std::snprintf(line, sizeof line,
+                  "data parallel: %d ranks, %zu gradient buckets (%.2f MiB first, parallel.bucket_mb = %g) "
+                  "reduced during backward; %s",
+                  dp_size, engine.buckets().size(), bucket_mib, pc.bucket_mb,
+                  pc.zero1 ? "ZeRO-1: AdamW moments sharded (reduce-scatter + all-gather)"
+                           : "all-reduce, replicated AdamW");
+    NURI_INFO(line);
+  }
   NURI_INFO("backend: " << backend->describe());
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
                                     << (tc.peak_gflops > 0 ? "train.peak_gflops" : "the measured peak of the GEMM in use")
@@ -255,8 +339,13 @@ TrainResult train(const RunConfig& cfg) {
 
   TrainResult result;
   result.metrics_path = tc.run_dir + "/metrics.jsonl";
-  std::ofstream metrics(result.metrics_path, std::ios::trunc);
-  NURI_CHECK(metrics.good(), io, "train", "cannot write '" << result.metrics_path << "'");
+  result.dp = dp_size;
+  std::ofstream metrics;  // rank 0's
+  agree(world_comm, "opening the metrics file", [&] {
+    if (!lead) return;
+    metrics.open(result.metrics_path, std::ios::trunc);
+    NURI_CHECK(metrics.good(), io, "train", "cannot write '" << result.metrics_path << "'");
+  });
   result.unigram_val_loss = unigram;
 
   std::vector<int32_t> x(size_t(tc.batch_size) * tc.seq_len), y(x.size());
@@ -266,7 +355,7 @@ TrainResult train(const RunConfig& cfg) {
   int skips_in_row = 0;
   bool warned_mfu = false;
   auto do_sample = [&](int step) {
-    if (tc.sample_tokens <= 0) return std::string();
+    if (tc.sample_tokens <= 0 || !lead) return std::string();
     SampleOptions so;
     so.max_tokens = tc.sample_tokens;
     so.temperature = tc.sample_temperature;
@@ -282,18 +371,22 @@ TrainResult train(const RunConfig& cfg) {
   for (int step = 0; step < tc.steps; ++step) {
     Timer step_clock;
     const double lr = learning_rate(cfg.optim, step, tc.steps);
-    model.zero_grads();
-    double loss = 0;
+    engine.zero_grads();
+    double local_loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       next_batch(x.data(), y.data());
-      loss += model.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
-                                     1.0f / float(tc.grad_accum));
+      // The last micro-batch's backward starts the gradient reductions, bucket by bucket.
+      local_loss += engine.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
+                                            1.0f / float(tc.grad_accum), micro + 1 == tc.grad_accum);
     }
-    loss /= tc.grad_accum;
-    const double norm = optimizer.grad_norm();
+    // The DP mean loss and the norm of the DP-averaged gradient: the same on every rank, so
+    // every rank takes the same decision below.
+    const DataParallel::Reduced reduced = engine.reduce(local_loss / tc.grad_accum);
+    const double loss = reduced.loss;
+    const double norm = reduced.grad_norm;
     const bool finite = std::isfinite(loss) && std::isfinite(norm);
     if (finite) {
-      optimizer.step(lr, norm);
+      engine.step(lr, norm);
       skips_in_row = 0;
     } else {
       ++result.skipped_steps;
@@ -310,7 +403,8 @@ TrainResult train(const RunConfig& cfg) {
                                              << " steps in a row (train.max_nonfinite_skips = "
                                              << tc.max_nonfinite_skips << "); stopping. Lower optim.lr or check the data");
       }
-      NURI_WARN("step " << step + 1 << ": " << what << "; update skipped (train.nonfinite = \"skip\", "
+      if (lead)  // every rank skips alike (the loss and norm were reduced); one warning is enough
+        NURI_WARN("step " << step + 1 << ": " << what << "; update skipped (train.nonfinite = \"skip\", "
                         << skips_in_row << " of at most " << tc.max_nonfinite_skips << " in a row)");
     }
     const double dt = step_clock.seconds();
@@ -318,9 +412,10 @@ TrainResult train(const RunConfig& cfg) {
       timed_seconds += dt;
       ++timed_steps;
     }
+    if (step == 0 && tc.steps > 1) engine.reset_stats();  // the first step warms up
     const double tok_s = double(tokens_per_step) / dt;
     const double mfu = flops_per_token * tok_s / (peak * 1e9);
-    if (mfu > 1.0 && !warned_mfu) {
+    if (mfu > 1.0 && !warned_mfu && lead) {
       warned_mfu = true;
       NURI_WARN("MFU above 100%: the sgemm peak measured at start-up (" << std::lround(peak)
                 << " GFLOP/s) was too low, likely because the machine was busy; set "
@@ -345,21 +440,53 @@ TrainResult train(const RunConfig& cfg) {
                           {"lr", lr}, {"grad_norm", std::isfinite(norm) ? norm : -1.0},
                           {"tokens_per_s", tok_s}, {"mfu", mfu}, {"elapsed_s", elapsed},
                           {"tokens", tokens_per_step * (step + 1)}, {"skipped", !finite}};
-    metrics << rec.dump() << "\n";
+    if (lead) metrics << rec.dump() << "\n";
 
     const bool last = step + 1 == tc.steps;
     if (have_val && ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last)) {
-      const double val_loss = evaluate(model, val, tc.batch_size, tc.seq_len, tc.eval_batches);
+      const double val_loss = evaluate(model, val, tc.batch_size, tc.seq_len, tc.eval_batches, dp_comm.get());
       result.final_val_loss = val_loss;
       NURI_INFO("step " << step + 1 << ": validation loss " << val_loss << " (unigram baseline " << unigram << ")");
-      metrics << nlohmann::json{{"type", "eval"}, {"step", step + 1}, {"val_loss", val_loss},
-                                {"unigram_val_loss", unigram}}.dump()
-              << "\n";
+      if (lead)
+        metrics << nlohmann::json{{"type", "eval"}, {"step", step + 1}, {"val_loss", val_loss},
+                                  {"unigram_val_loss", unigram}}.dump()
+                << "\n";
     }
-    metrics.flush();
+    if (lead) metrics.flush();
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && !last) do_sample(step + 1);
   }
   result.tokens_per_second = timed_seconds > 0 ? double(tokens_per_step) * timed_steps / timed_seconds : 0;
+  const DataParallelStats& ds = engine.stats();
+  result.step_s = timed_steps > 0 ? timed_seconds / timed_steps : 0;
+  if (ds.steps > 0) {
+    result.comm_s = ds.comm_s / ds.steps;
+    result.exposed_comm_s = ds.exposed_s / ds.steps;
+  }
+  result.compute_s = result.step_s - result.exposed_comm_s;
+  if (dp_size > 1) {
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "data parallel: per step %.1f ms = %.1f ms compute + %.1f ms exposed communication; "
+                  "collectives in flight %.1f ms (%.0f%% hidden behind backward); %.1f of %zu buckets "
+                  "started during backward",
+                  1e3 * result.step_s, 1e3 * result.compute_s, 1e3 * result.exposed_comm_s, 1e3 * result.comm_s,
+                  result.comm_s > 0 ? 100.0 * std::max(0.0, 1.0 - result.exposed_comm_s / result.comm_s) : 0.0,
+                  ds.steps ? double(ds.buckets_started_in_backward) / ds.steps : 0.0, engine.buckets().size());
+    NURI_INFO(line);
+  }
+  if (lead && dp_size > 1) {
+    metrics << nlohmann::json{{"type", "parallel"}, {"world", grid ? grid->world_size() : 1}, {"tp", 1},
+                              {"dp", dp_size}, {"zero1", engine.zero1()}, {"buckets", engine.buckets().size()},
+                              {"bucket_mb", pc.bucket_mb}, {"timed_steps", timed_steps},
+                              {"step_s", result.step_s}, {"compute_s", result.compute_s},
+                              {"comm_s", result.comm_s}, {"exposed_comm_s", result.exposed_comm_s},
+                              {"tokens_per_s", result.tokens_per_second},
+                              {"buckets_started", ds.buckets_started},
+                              {"buckets_started_in_backward", ds.buckets_started_in_backward},
+                              {"buckets_done_in_backward", ds.buckets_done_in_backward}}.dump()
+            << "\n";
+    metrics.flush();
+  }
 
   const std::string text = do_sample(tc.steps);
   if (!text.empty()) {
@@ -368,7 +495,7 @@ TrainResult train(const RunConfig& cfg) {
   if (tc.save) {
     result.model_path = tc.run_dir + "/model.bin";
     NURI_INFO("saving the model to " << result.model_path);
-    save_model(result.model_path, model);
+    if (lead) save_model(result.model_path, model);
   }
   NURI_INFO("done: " << result.steps_done << " steps in " << clock_text(run_clock.seconds()) << ", "
                      << with_commas(result.tokens_per_second) << " tokens/s; final train loss "
