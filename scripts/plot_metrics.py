@@ -48,9 +48,12 @@ def read_metrics(path):
                 print(f"plot_metrics: ignoring the incomplete last line {lineno}", file=sys.stderr)
                 continue
             fail(f"{path}:{lineno} is not JSON ({e.msg}); is this a nuri metrics.jsonl?")
-        if not isinstance(record, dict) or "step" not in record:
-            fail(f"{path}:{lineno} has no 'step'; is this a nuri metrics.jsonl?")
+        if not isinstance(record, dict) or "type" not in record:
+            fail(f"{path}:{lineno} has no 'type'; is this a nuri metrics.jsonl?")
         kind = record.get("type")
+        if kind in ("train", "eval") and "step" not in record:
+            fail(f"{path}:{lineno} is a {kind} record without 'step'; is this a nuri metrics.jsonl?")
+        # Other records (e.g. the end-of-run "parallel" summary) are not plotted.
         if kind == "train":
             train.append(record)
         elif kind == "eval":

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
 #include "nuri/error.hpp"
 #include "nuri/text_source.hpp"
 #include "nuri/tokenizer.hpp"
@@ -63,17 +64,7 @@ BpeTrainOptions quiet_options(int vocab_size) {
   return o;
 }
 
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL("no error thrown");
-  } catch (const Error& e) {
-    INFO(e.what());
-    CHECK(e.kind() == kind);
-    for (const auto& p : parts) CHECK(std::string(e.what()).find(p) != std::string::npos);
-  }
-}
+using nuri::testing::expect_error;
 
 // Merges as (left bytes, right bytes), which is what a reader of the model sees.
 std::vector<std::pair<std::string, std::string>> merge_bytes(const BpeModel& m) {

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <set>
 
+#include "test_util.hpp"
 #include "nuri/config.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
@@ -22,18 +23,7 @@ std::string write_temp(const std::string& name, const std::string& text) {
   return path.string();
 }
 
-// Runs f, expects a nuri::Error of `kind` whose message contains every string in `parts`.
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL("no error thrown");
-  } catch (const Error& e) {
-    INFO(e.what());
-    CHECK(e.kind() == kind);
-    for (const auto& p : parts) CHECK(std::string(e.what()).find(p) != std::string::npos);
-  }
-}
+using nuri::testing::expect_error;
 }  // namespace
 
 TEST_CASE("config: file, preset and overrides resolve in order") {

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "test_util.hpp"
 #include "nuri/config.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
@@ -48,17 +49,7 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL("no error thrown");
-  } catch (const Error& e) {
-    INFO(e.what());
-    CHECK(e.kind() == kind);
-    for (const auto& p : parts) CHECK(std::string(e.what()).find(p) != std::string::npos);
-  }
-}
+using nuri::testing::expect_error;
 
 // A tokenizer with a chosen vocabulary and hash; encode maps bytes to ids (for shard tests).
 class FakeTokenizer final : public nuri::Tokenizer {

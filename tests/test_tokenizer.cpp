@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "test_util.hpp"
 #include "nuri/error.hpp"
 #include "nuri/tokenizer.hpp"
 #include "tokenizer/byte_unicode.hpp"
@@ -19,6 +20,7 @@ using nuri::BpeModel;
 using nuri::BpeTokenizer;
 using nuri::Error;
 using nuri::ErrorKind;
+using nuri::testing::expect_error;
 namespace fs = std::filesystem;
 
 namespace {
@@ -163,17 +165,6 @@ std::string random_utf8(std::mt19937& rng, int n_chars) {
   return s;
 }
 
-template <class F>
-void require_error(F&& f, ErrorKind kind, const std::vector<std::string>& needles) {
-  try {
-    f();
-    FAIL("no error thrown");
-  } catch (const Error& e) {
-    INFO(e.what());
-    CHECK(e.kind() == kind);
-    for (const auto& needle : needles) CHECK(std::string(e.what()).find(needle) != std::string::npos);
-  }
-}
 
 }  // namespace
 
@@ -235,8 +226,8 @@ TEST_CASE("bpe: special tokens are text for encode and ids for encode_with_speci
   CHECK(std::count(with.begin(), with.end(), eot) == 3);
   CHECK(tok.decode(with) == text);
   CHECK(tok.encode_with_specials("<|endoftext|>") == std::vector<int32_t>{eot});
-  require_error([&] { tok.decode({0, tok.vocab_size()}); }, ErrorKind::data, {"position 1"});
-  require_error([&] { tok.token_bytes(-1); }, ErrorKind::data, {"-1"});
+  expect_error([&] { tok.decode({0, tok.vocab_size()}); }, ErrorKind::data, {"position 1"});
+  expect_error([&] { tok.token_bytes(-1); }, ErrorKind::data, {"-1"});
 }
 
 TEST_CASE("bpe: encode_batch equals encode") {
@@ -253,22 +244,22 @@ TEST_CASE("bpe: model validation names what is wrong") {
   BpeModel model = english_korean_model();
   SECTION("a missing byte token") {
     model.tokens[65] = "AA-not-a-byte";
-    require_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"byte 0x41"});
+    expect_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"byte 0x41"});
   }
   SECTION("a duplicate token") {
     model.tokens[300] = model.tokens[301];
-    require_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"300", "301"});
+    expect_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"300", "301"});
   }
   SECTION("a merge whose result is not a token") {
     model.merges.push_back({'q', 'z'});
-    require_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"not a token"});
+    expect_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"not a token"});
   }
   SECTION("a special id out of range") {
     model.specials.push_back({"<|x|>", 1 << 30});
-    require_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"<|x|>"});
+    expect_error([&] { BpeTokenizer t(model); }, ErrorKind::data, {"<|x|>"});
   }
   SECTION("a pattern that does not compile") {
-    require_error([&] { nuri::pretokenize_pattern("(unclosed"); }, ErrorKind::config, {"offset"});
+    expect_error([&] { nuri::pretokenize_pattern("(unclosed"); }, ErrorKind::config, {"offset"});
   }
 }
 
@@ -293,7 +284,7 @@ TEST_CASE("bpe: NFC and NFKC normalization") {
   const BpeTokenizer nfkc(model);
   CHECK(nfkc.encode("\xEF\xAC\x81ne") == nfkc.encode("fine"));
   CHECK(nuri::parse_normalization("nfkc") == Normalization::nfkc);
-  require_error([] { nuri::parse_normalization("nfd"); }, ErrorKind::config, {"nfd", "nfc"});
+  expect_error([] { nuri::parse_normalization("nfd"); }, ErrorKind::config, {"nfd", "nfc"});
 }
 
 TEST_CASE("bpe: the hash changes when anything changes") {
@@ -360,7 +351,7 @@ TEST_CASE("bpe: format round trips keep tokens, merges and hash") {
   custom_tok.save_hf_json((dir / "custom.json").string());
   CHECK(BpeTokenizer::from_hf_json((dir / "custom.json").string()).hash() == custom_tok.hash());
   // GPT-2's files cannot carry a normalization: refused rather than silently dropped.
-  require_error([&] { custom_tok.save_gpt2_files((dir / "bad").string()); }, ErrorKind::config,
+  expect_error([&] { custom_tok.save_gpt2_files((dir / "bad").string()); }, ErrorKind::config,
                 {"tokenizer.json"});
   // Bytes <-> GPT-2 spelling.
   std::string bytes;
@@ -383,13 +374,13 @@ TEST_CASE("bpe: malformed files give Error(data/io) naming the file and line") {
     fs::create_directories(dir / "truncated");
     write(dir / "truncated" / "encoder.json", encoder.substr(0, encoder.size() / 2));
     write(dir / "truncated" / "vocab.bpe", vocab);
-    require_error([&] { BpeTokenizer::load((dir / "truncated").string()); }, ErrorKind::data,
+    expect_error([&] { BpeTokenizer::load((dir / "truncated").string()); }, ErrorKind::data,
                   {"encoder.json", "line", "truncated"});
   }
   SECTION("a truncated tokenizer.json") {
     const std::string json = read_text((dir / "good.json").string());
     write(dir / "cut.json", json.substr(0, json.size() - 100));
-    require_error([&] { BpeTokenizer::load((dir / "cut.json").string()); }, ErrorKind::data,
+    expect_error([&] { BpeTokenizer::load((dir / "cut.json").string()); }, ErrorKind::data,
                   {"cut.json", "line"});
   }
   SECTION("a merge naming an unknown token") {
@@ -398,7 +389,7 @@ TEST_CASE("bpe: malformed files give Error(data/io) naming the file and line") {
     std::string lines = vocab;
     lines.insert(lines.find('\n', lines.find('\n') + 1) + 1, "zzz\xC4\xA0 qqq\n");  // line 3
     write(dir / "unknown" / "vocab.bpe", lines);
-    require_error([&] { BpeTokenizer::load((dir / "unknown").string()); }, ErrorKind::data,
+    expect_error([&] { BpeTokenizer::load((dir / "unknown").string()); }, ErrorKind::data,
                   {"vocab.bpe", "line 3", "not in"});
   }
   SECTION("a merge naming an unknown token in tokenizer.json") {
@@ -407,7 +398,7 @@ TEST_CASE("bpe: malformed files give Error(data/io) naming the file and line") {
     REQUIRE(merges != std::string::npos);
     json.insert(merges + 10, "\"zzz qqq\",");
     write(dir / "bad_merge.json", json);
-    require_error([&] { BpeTokenizer::load((dir / "bad_merge.json").string()); }, ErrorKind::data,
+    expect_error([&] { BpeTokenizer::load((dir / "bad_merge.json").string()); }, ErrorKind::data,
                   {"bad_merge.json", "model.merges[0]"});
   }
   SECTION("a bad base64 line") {
@@ -420,21 +411,21 @@ TEST_CASE("bpe: malformed files give Error(data/io) naming the file and line") {
     }();
     lines.replace(line5, lines.find(' ', line5) - line5, "!!notbase64");
     write(dir / "bad.tiktoken", lines);
-    require_error([&] { BpeTokenizer::load((dir / "bad.tiktoken").string()); }, ErrorKind::data,
+    expect_error([&] { BpeTokenizer::load((dir / "bad.tiktoken").string()); }, ErrorKind::data,
                   {"bad.tiktoken", "line 5", "base64"});
   }
   SECTION("a missing vocab.bpe") {
     fs::create_directories(dir / "novocab");
     write(dir / "novocab" / "encoder.json", encoder);
-    require_error([&] { BpeTokenizer::load((dir / "novocab").string()); }, ErrorKind::io,
+    expect_error([&] { BpeTokenizer::load((dir / "novocab").string()); }, ErrorKind::io,
                   {"novocab", "vocab.bpe"});
-    require_error([&] {
+    expect_error([&] {
       BpeTokenizer::from_gpt2_files((dir / "novocab" / "encoder.json").string(),
                                     (dir / "novocab" / "vocab.bpe").string());
     }, ErrorKind::io, {"vocab.bpe"});
   }
   SECTION("a missing file") {
-    require_error([&] { BpeTokenizer::load((dir / "none.json").string()); }, ErrorKind::io,
+    expect_error([&] { BpeTokenizer::load((dir / "none.json").string()); }, ErrorKind::io,
                   {"none.json"});
   }
 }

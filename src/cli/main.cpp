@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
       "  nuri train --config run.toml --set optim.lr=1e-3 --set train.steps=100\n"
       "  mpirun -np 4 nuri train --config run.toml          # data parallel over 4 ranks\n"
       "  nuri train --config run.toml --dry-run\n"
-      "  nuri generate --model runs/quickstart/model.bin --prompt \"이 문서는 \"\n"
+      "  nuri generate --model runs/quickstart/model.bin --prompt \"이 문서는\"\n"
       "Run 'nuri <command> --help' for a command's options.");
   nuri::cli::add_train_command(app, mpi.get());
   nuri::cli::add_generate_command(app);

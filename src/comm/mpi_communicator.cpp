@@ -264,6 +264,14 @@ std::atomic<bool> g_finalizing{false};  // this process is in MpiEnvironment's d
 
 using Message = std::array<int64_t, kMsgLen>;
 
+// Receives the next message waiting on a side channel, if any; never blocks.
+bool receive_side_message(MPI_Comm comm, Message& m, MPI_Status& st) {
+  int flag = 0;
+  if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm, &flag, &st) != MPI_SUCCESS || !flag) return false;
+  MPI_Recv(m.data(), kMsgLen, MPI_INT64_T, st.MPI_SOURCE, st.MPI_TAG, comm, MPI_STATUS_IGNORE);
+  return true;
+}
+
 // Side-channel sends in flight (MPI_Isend needs its buffer until done). Watchdog thread only.
 class Outbox {
  public:
@@ -320,13 +328,9 @@ class RetiredChannel final : public comm::Watched {
   void watch(Clock::time_point) override {
     outbox_.reap();
     for (;;) {
-      int flag = 0;
       MPI_Status st;
-      if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, watch_comm_, &flag, &st) != MPI_SUCCESS || !flag)
-        return;
       Message m{};
-      MPI_Recv(m.data(), kMsgLen, MPI_INT64_T, st.MPI_SOURCE, st.MPI_TAG, watch_comm_,
-               MPI_STATUS_IGNORE);
+      if (!receive_side_message(watch_comm_, m, st)) return;
       if (st.MPI_TAG != kTagStatusRequest) continue;
       Message reply = status_;
       reply[kFinalizing] = g_finalizing.load() ? 1 : 0;
@@ -915,13 +919,9 @@ class MpiCommunicator final : public Communicator, public comm::Watched {
   // Answers status requests; rank 0 judges on a notice.
   void drain_side_channel(Clock::time_point) {
     for (;;) {
-      int flag = 0;
       MPI_Status st;
-      if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, watch_comm_, &flag, &st) != MPI_SUCCESS || !flag)
-        return;
       Message m{};
-      MPI_Recv(m.data(), kMsgLen, MPI_INT64_T, st.MPI_SOURCE, st.MPI_TAG, watch_comm_,
-               MPI_STATUS_IGNORE);
+      if (!receive_side_message(watch_comm_, m, st)) return;
       if (st.MPI_TAG == kTagStatusRequest) {
         send(my_status(), st.MPI_SOURCE, kTagStatusReply);
       } else if (st.MPI_TAG == kTagNotice && rank_ == 0) {
