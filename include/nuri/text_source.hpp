@@ -2,10 +2,11 @@
 // Reading documents from text files, JSONL files and directories, streamed in bounded memory.
 //
 // One rule decides what a document is and which split it belongs to, shared by
-// `nuri tokenizer-train`, `nuri tokenize` and `nuri train` on text files:
+// `nuri tokenizer-train` and `nuri tokenize` (`nuri train` on data.train_files still uses
+// load_text_dataset in nuri/data.hpp, which holds out the last fraction of each file):
 //   - a text file (*.txt and any other file given by name) holds documents separated by blank
 //     lines (DocumentSplit::blank_line, the default), one per line, or one per file;
-//   - a JSONL file (*.jsonl, *.jsonl given by name) holds one JSON object per line, the document
+//   - a JSONL file (*.jsonl) holds one JSON object per line, the document
 //     being the string in `jsonl_field`;
 //   - a directory is walked recursively in sorted order, taking *.txt, *.md and *.jsonl files;
 //   - a document goes to validation when the xxh64 of its bytes, read as a fraction of 2^64, is
