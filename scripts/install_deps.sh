@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages nuri needs to build, test and run — only the ones missing.
 #
-#   scripts/install_deps.sh            check, and install what is missing (apt-get)
+#   scripts/install_deps.sh            check, and install what is missing to build and run (apt-get)
+#   scripts/install_deps.sh --tests    also what only the test suite needs (scripts/test.sh passes it)
 #   NURI_SKIP_DEPS=1 scripts/...       skip this step (you installed the equivalents yourself)
 #
 # Quick and silent-ish when everything is present; safe to run any number of times.
@@ -13,12 +14,22 @@ PACKAGES=(
   libeigen3-dev libopenblas-openmp-dev                           # linear algebra (OpenMP OpenBLAS)
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev            # config, CLI, JSON
   libxxhash-dev libpcre2-dev libutf8proc-dev                     # checksums; tokenizer regexes, NFC/NFKC
-  catch2                                                         # unit tests
+  catch2                                                         # the unit tests, built by default
+  python3 python3-matplotlib                                     # loss plots
+)
+# Only the test suite needs these; the quickstart does not install them.
+TEST_PACKAGES=(
+  python3-torch python3-numpy                                    # PyTorch parity tests
   clang libclang-rt-14-dev                                       # libFuzzer + ASan for the fuzz tests
-  python3 python3-torch python3-numpy python3-matplotlib         # parity tests and plots
   iproute2                                                       # simulated hosts (network namespaces) for tests/multinode
   slurmctld slurmd slurm-client                                  # a local Slurm for tests/multinode/test_slurm.sh (brings munge)
 )
+if [[ ${1:-} == --tests ]]; then
+  PACKAGES+=("${TEST_PACKAGES[@]}")
+elif [[ -n ${1:-} ]]; then
+  echo "install_deps: unknown argument '$1' (the only option is --tests)" >&2
+  exit 2
+fi
 
 say() { echo "install_deps: $*"; }
 
@@ -42,12 +53,12 @@ done
 # Node.js + npm run the tokenizer reference implementations (GPT-2, tiktoken, HF tokenizers) in
 # the parity tests and the tokenizer benchmark's peer. Any node >= 18 will do, so the command is
 # checked rather than Debian's package (a NodeSource node brings its own npm).
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+if [[ ${1:-} == --tests ]] && { ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; }; then
   missing+=(nodejs npm)
 fi
 
 if ((${#missing[@]} == 0)); then
-  say "all ${#PACKAGES[@]} required packages and node/npm are installed"
+  say "all ${#PACKAGES[@]} required packages are installed${1:+ (with node/npm for the tests)}"
   exit 0
 fi
 

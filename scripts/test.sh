@@ -14,7 +14,7 @@ start=$SECONDS
 stamp() { printf '[%dm%02ds]' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)); }
 
 echo "$(stamp) test: checking system packages"
-bash scripts/install_deps.sh
+bash scripts/install_deps.sh --tests
 
 if [[ ${CI:-} == true ]]; then
   # Versions, for whoever reads a CI log later.
