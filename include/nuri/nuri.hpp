@@ -18,6 +18,8 @@
 //   auto tok = nuri::make_tokenizer("bytes");
 //   nuri::TokenDataset ds = nuri::load_text_dataset({"corpus.txt"}, *tok, /*val_fraction=*/0.05);
 //   nuri::BatchLoader loader(ds.train, /*B=*/8, /*T=*/128, /*seed=*/1);
+//   // Or byte-level BPE (tokenizer.hpp) and memory-mapped token shards (shards.hpp):
+//   auto bpe = nuri::make_tokenizer("data/tokenizer/nuri-ko-8k.json");   // vocab 8192
 //
 //   // 4. One training step: forward + backward accumulate gradients, AdamW updates (optim.hpp).
 //   nuri::OptimConfig ocfg;                       // lr, schedule, weight decay, clipping
@@ -36,7 +38,7 @@
 //   nuri::MpiEnvironment mpi(&argc, &argv);
 //   nuri::ProcessGrid grid(mpi.world(), /*tp=*/1);
 //   nuri::DataParallel dp(model, *be, ocfg, grid.dp_ptr());   // bucketed all-reduce, ZeRO-1
-//   nuri::train(cfg, mpi.world());                           // or the whole training, on every rank
+//   nuri::train(nuri::load_run_config("run.toml", {}), mpi.world());   // or a whole run, every rank
 //
 // Errors are thrown as nuri::Error (error.hpp) with a kind, the op, the rank and file:line.
 // Tensor-parallel layers and checkpoints arrive in their own headers; the model above will not
@@ -51,5 +53,8 @@
 #include "nuri/optim.hpp"
 #include "nuri/parallel.hpp"
 #include "nuri/rng.hpp"
+#include "nuri/shards.hpp"
+#include "nuri/text_source.hpp"
 #include "nuri/timer.hpp"
+#include "nuri/tokenizer.hpp"
 #include "nuri/train.hpp"
