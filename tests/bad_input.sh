@@ -93,5 +93,16 @@ expect "tokenize a missing input" 1 "'$work/none.txt' does not exist" -- \
   tokenize --tokenizer bytes -o "$work/x" "$work/none.txt"
 
 expect "no subcommand" 2 "A subcommand is required" --
+# A tokenizer error while encoding inside tokenize's worker threads is reported, not a crash
+# (an exception must not escape an OpenMP region): a pattern whose match overruns PCRE2's JIT
+# stack on a 2 MB line.
+"$nuri" tokenizer-train --quiet --vocab-size 300 --pattern '(?:(a|b)|(?:c|\S))+' \
+  -o "$work/deep.json" "$corpus/en_moby_dick.txt" >/dev/null 2>&1
+head -c 2000000 /dev/zero | tr '\0' 'a' >"$work/deep.txt"
+for t in 1 2; do
+  expect "encoding error in tokenize ($t thread(s))" 2 "JIT stack limit reached" -- \
+    tokenize --quiet --tokenizer "$work/deep.json" --threads $t -o "$work/deep_out$t" "$work/deep.txt"
+done
+
 echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

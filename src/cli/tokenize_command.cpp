@@ -231,7 +231,7 @@ void run_tokenize(const TokenizeCliOptions& opt, const MpiEnvironment* env) {
                "cannot create the output directory '" << opt.output << "': " << ec.message());
     if (rank != 0) return;
     fs::remove(fs::path(opt.output) / "manifest.json", ec);
-    const std::regex ours(R"((train|val)-\d{5}-\d{5}\.bin(\.tmp)?)");
+    const std::regex ours(R"((train|val)-\d{5,}-\d{5,}\.bin(\.tmp)?)");  // %05zu grows past 99999
     for (const auto& entry : fs::directory_iterator(opt.output))
       if (entry.is_regular_file() && std::regex_match(entry.path().filename().string(), ours))
         fs::remove(entry.path(), ec);

@@ -3,6 +3,7 @@
 // docs/data-format.md specifies the bytes.
 #include "nuri/shards.hpp"
 
+#include <exception>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -143,11 +144,14 @@ std::shared_ptr<TokenShard> TokenShard::open(const std::string& path, const Shar
              data, "shard",
              "token shard '" << path << "' declares vocab size " << h.vocab_size << " with " << h.dtype
                              << "-byte tokens, which cannot hold it; " << what_to_do_for_shard());
-  const uint64_t expected = kShardHeaderBytes + h.tokens * h.dtype;
-  NURI_CHECK(h.tokens <= (bytes / h.dtype) && bytes >= expected, io, "shard",
+  // The byte count in 128 bits: a hostile token count must not wrap around in the message.
+  const unsigned __int128 promised = (unsigned __int128)kShardHeaderBytes + (unsigned __int128)h.tokens * h.dtype;
+  NURI_CHECK(promised <= bytes, io, "shard",
              "token shard '" << path << "' is truncated: the header promises " << h.tokens << " tokens ("
-                             << expected << " bytes) but the file has " << bytes << " bytes; the copy or "
+                             << (promised >> 64 ? std::string("more than 2^64") : std::to_string(uint64_t(promised)))
+                             << " bytes) but the file has " << bytes << " bytes; the copy or "
                              << "the write was cut short: copy it again or " << what_to_do_for_shard());
+  const uint64_t expected = uint64_t(promised);
   NURI_CHECK(bytes == expected, data, "shard",
              "token shard '" << path << "' has " << bytes - expected << " bytes after its " << h.tokens
                              << " tokens (expected " << expected << " bytes, found " << bytes << "); "
@@ -757,13 +761,22 @@ TokenizeResult tokenize_to_shards(const std::vector<TextFile>& files, const Toke
   std::vector<Batch> group;
   auto encode_and_write = [&] {
     const int n = int(group.size());
+    // An exception must not leave an OpenMP region (GCC terminates the process): keep the first
+    // and rethrow it here, so the error reaches the user and the writers clean up their files.
+    std::exception_ptr failure;
 #pragma omp parallel for num_threads(int(threads)) schedule(dynamic, 1) if (threads > 1 && n > 1)
     for (int b = 0; b < n; ++b) {
-      Batch& batch = group[size_t(b)];
-      batch.ids.resize(batch.docs.size());
-      for (size_t d = 0; d < batch.docs.size(); ++d)
-        batch.ids[d] = tokenizer.encode(batch.text.substr(batch.docs[d].first, batch.docs[d].second));
+      try {
+        Batch& batch = group[size_t(b)];
+        batch.ids.resize(batch.docs.size());
+        for (size_t d = 0; d < batch.docs.size(); ++d)
+          batch.ids[d] = tokenizer.encode(batch.text.substr(batch.docs[d].first, batch.docs[d].second));
+      } catch (...) {
+#pragma omp critical(nuri_tokenize_encode)
+        if (!failure) failure = std::current_exception();
+      }
     }
+    if (failure) std::rethrow_exception(failure);
     for (Batch& batch : group)
       for (size_t d = 0; d < batch.ids.size(); ++d) (batch.val[d] ? val : train).add(batch.ids[d]);
     group.clear();
