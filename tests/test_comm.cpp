@@ -17,12 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include "mpi_test_main.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
 
 namespace {
 
-nuri::MpiEnvironment* g_env = nullptr;
 
 nuri::CommOptions test_options() {
   nuri::CommOptions o;
@@ -32,7 +32,7 @@ nuri::CommOptions test_options() {
 }
 
 std::shared_ptr<nuri::Communicator> world(nuri::CommOptions o = test_options()) {
-  return g_env->world(o);
+  return nuri::testing::mpi_env()->world(o);
 }
 
 // Rank r's input element i: an integer (exact in float), different on every rank.
@@ -400,21 +400,4 @@ TEST_CASE("ProcessGrid layouts: TP innermost, groups and errors", "[comm][grid]"
   CHECK(none == nullptr);
 }
 
-int main(int argc, char** argv) {
-  nuri::CommOptions options;
-  options.timeout_s = 60;
-  nuri::MpiEnvironment env(&argc, &argv, options);
-  g_env = &env;
-  int failed = 0;
-  {
-    Catch::Session session;
-    const int rc = session.applyCommandLine(argc, argv);
-    if (rc != 0) return rc;
-    failed = session.run();
-  }
-  // Every rank's verdict: the job fails if any rank failed.
-  int any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  g_env = nullptr;
-  return any ? 1 : 0;
-}
+int main(int argc, char** argv) { return nuri::testing::run_catch_under_mpi(argc, argv); }

@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "mpi_test_main.hpp"
 #include "nuri/backend.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
@@ -22,14 +23,13 @@
 
 namespace {
 
-nuri::MpiEnvironment* g_env = nullptr;
 constexpr double kTol = 1e-5;
 
 std::shared_ptr<nuri::Communicator> world() {
   nuri::CommOptions o;
   o.timeout_s = 60;
   o.check_args = 1;  // every rank must issue the same collectives: checked on each one
-  return g_env->world(o);
+  return nuri::testing::mpi_env()->world(o);
 }
 
 std::vector<int> tp_sizes(int world_size) {
@@ -310,21 +310,4 @@ TEST_CASE("Megatron MLP column -> activation -> row equals the unsplit MLP", "[t
   }
 }
 
-int main(int argc, char** argv) {
-  nuri::CommOptions options;
-  options.timeout_s = 60;
-  nuri::MpiEnvironment env(&argc, &argv, options);
-  g_env = &env;
-  int failed = 0;
-  {
-    Catch::Session session;
-    const int rc = session.applyCommandLine(argc, argv);
-    if (rc != 0) return rc;
-    failed = session.run();
-  }
-  // Every rank's verdict: the job fails if any rank failed.
-  int any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  g_env = nullptr;
-  return any ? 1 : 0;
-}
+int main(int argc, char** argv) { return nuri::testing::run_catch_under_mpi(argc, argv); }

@@ -220,8 +220,5 @@ TokenizeResult tokenize_to_shards(const std::vector<TextFile>& files, const Toke
 ShardManifest make_manifest(const Tokenizer& tokenizer, const TokenizeOptions& options,
                             const std::vector<TextFile>& files, const std::vector<TokenizeResult>& ranks);
 
-const char* to_string(DocumentSplit split);  // "blank-line" | "line" | "file"
-// "blank-line" | "line" | "file"; throws Error(config) naming the choices otherwise.
-DocumentSplit parse_document_split(const std::string& name);
 
 }  // namespace nuri

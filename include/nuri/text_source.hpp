@@ -20,6 +20,9 @@
 namespace nuri {
 
 enum class DocumentSplit { blank_line, line, file };
+const char* to_string(DocumentSplit split);  // "blank-line" | "line" | "file"
+// "blank-line" | "line" | "file"; throws Error(config) naming the choices otherwise.
+DocumentSplit parse_document_split(const std::string& name);
 
 struct TextSourceOptions {
   std::string jsonl_field = "text";

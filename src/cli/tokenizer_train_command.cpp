@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -234,10 +233,7 @@ void add_tokenizer_train_command(CLI::App& app) {
     opt->train.normalization = parse_normalization(opt->normalization);
     opt->train.progress = !opt->quiet;
     for (const std::string& s : opt->extra_specials) opt->train.special_tokens.push_back(s);
-    static const std::map<std::string, DocumentSplit> splits = {{"blank-line", DocumentSplit::blank_line},
-                                                                {"line", DocumentSplit::line},
-                                                                {"file", DocumentSplit::file}};
-    opt->sources.text_documents = splits.at(opt->documents);
+    opt->sources.text_documents = parse_document_split(opt->documents);
 
     const BpeTokenizer tokenizer = train_bpe(opt->inputs, opt->sources, opt->train);
     if (opt->format == "gpt2") {

@@ -72,22 +72,6 @@ std::string what_to_do_for_shard() { return "re-run `nuri tokenize` to write the
 
 uint32_t shard_dtype_for_vocab(uint64_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
-const char* to_string(DocumentSplit split) {
-  switch (split) {
-    case DocumentSplit::blank_line: return "blank-line";
-    case DocumentSplit::line: return "line";
-    case DocumentSplit::file: return "file";
-  }
-  return "?";
-}
-
-DocumentSplit parse_document_split(const std::string& name) {
-  if (name == "blank-line") return DocumentSplit::blank_line;
-  if (name == "line") return DocumentSplit::line;
-  if (name == "file") return DocumentSplit::file;
-  NURI_THROW(config, "tokenize", "--documents is '" << name << "'; choose one of blank-line, line, file");
-}
-
 // TokenShard -------------------------------------------------------------------------------------
 
 std::shared_ptr<TokenShard> TokenShard::open(const std::string& path, const ShardCheck& check) {

@@ -91,6 +91,22 @@ std::vector<TextFile> list_text_files(const std::vector<std::string>& paths,
   return files;
 }
 
+const char* to_string(DocumentSplit split) {
+  switch (split) {
+    case DocumentSplit::blank_line: return "blank-line";
+    case DocumentSplit::line: return "line";
+    case DocumentSplit::file: return "file";
+  }
+  return "?";
+}
+
+DocumentSplit parse_document_split(const std::string& name) {
+  if (name == "blank-line") return DocumentSplit::blank_line;
+  if (name == "line") return DocumentSplit::line;
+  if (name == "file") return DocumentSplit::file;
+  NURI_THROW(config, "tokenize", "--documents is '" << name << "'; choose one of blank-line, line, file");
+}
+
 bool is_validation_document(std::string_view text, double val_fraction) {
   if (val_fraction <= 0) return false;
   const uint64_t h = XXH64(text.data(), text.size(), 0x6e757269 /* "nuri" */);
