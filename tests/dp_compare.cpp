@@ -2,8 +2,10 @@
 // validation losses and every final parameter. Used by dp_parity.sh to show that data-parallel
 // layouts (dp, ZeRO-1, gradient accumulation) train exactly like one process.
 //   dp_compare REF_DIR RUN_DIR [--loss-rtol 1e-5] [--param-atol 1e-5] [--expect-overlap] [--skip-val]
+//              [--expect-layout TP DP]
 // Prints the largest differences; exits 1 when one is over its tolerance (or, with
 // --expect-overlap, when RUN_DIR's metrics show no bucket reduction started during backward).
+// --expect-layout: RUN_DIR's "parallel" metrics record must say it ran at this (tp, dp).
 // --skip-val: the runs evaluate on different batches (evaluation uses dp x batch_size rows, which
 // gradient accumulation does not change), so only the training is compared.
 #include <cmath>
@@ -49,17 +51,19 @@ Run read_run(const std::string& dir, nuri::Backend& backend) {
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr, "usage: dp_compare REF_DIR RUN_DIR [--loss-rtol X] [--param-atol X] [--expect-overlap] "
-                         "[--skip-val]\n");
+                         "[--skip-val] [--expect-layout TP DP]\n");
     return 2;
   }
   double loss_rtol = 1e-5, param_atol = 1e-5;
   bool expect_overlap = false, skip_val = false;
+  int expect_tp = 0, expect_dp = 0;
   for (int i = 3; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--loss-rtol" && i + 1 < argc) loss_rtol = std::atof(argv[++i]);
     else if (a == "--param-atol" && i + 1 < argc) param_atol = std::atof(argv[++i]);
     else if (a == "--expect-overlap") expect_overlap = true;
     else if (a == "--skip-val") skip_val = true;
+    else if (a == "--expect-layout" && i + 2 < argc) expect_tp = std::atoi(argv[++i]), expect_dp = std::atoi(argv[++i]);
     else {
       std::fprintf(stderr, "dp_compare: unknown argument %s\n", a.c_str());
       return 2;
@@ -111,6 +115,13 @@ int main(int argc, char** argv) {
                     run.parallel["timed_steps"].get<int>());
         if (started == 0) fail("no bucket reduction started before backward finished");
       }
+    }
+    if (expect_tp > 0) {  // the run really trained at this (tp, dp): a setting ignored cannot pass
+      const int tp = run.parallel.is_null() ? 1 : run.parallel["tp"].get<int>();
+      const int dp = run.parallel.is_null() ? 1 : run.parallel["dp"].get<int>();
+      if (tp != expect_tp || dp != expect_dp)
+        fail(std::string(argv[2]) + " ran at (tp, dp) = (" + std::to_string(tp) + ", " + std::to_string(dp) +
+             "), not (" + std::to_string(expect_tp) + ", " + std::to_string(expect_dp) + ")");
     }
     return ok ? 0 : 1;
   } catch (const std::exception& e) {

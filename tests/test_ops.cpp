@@ -705,10 +705,74 @@ TEST_CASE("embedding forward and backward with repeated tokens", "[ops][embeddin
       }
     }
   }
-  std::vector<int32_t> bad = {0, -3};
-  Vec w(8), o(8);
-  CHECK_THROWS_AS(be.embedding_forward(o.data(), bad.data(), w.data(), nullptr, 2, 2, 2),
-                  nuri::Error);
+  // A negative token (another rank's vocabulary slice) has no wte row: wpe only (or zero) in the
+  // forward, no dwte in the backward, dwpe as usual.
+  const int C = 3, T = 2;
+  const std::vector<int32_t> toks = {1, -1};
+  const Vec w = {1, 2, 3, 4, 5, 6}, pe = {10, 20, 30, 40, 50, 60};
+  Vec o(6, 7.0f);
+  be.embedding_forward(o.data(), toks.data(), w.data(), pe.data(), 2, T, C);
+  CHECK(o == Vec{14, 25, 36, 40, 50, 60});
+  be.embedding_forward(o.data(), toks.data(), w.data(), nullptr, 2, T, C);
+  CHECK(o == Vec{4, 5, 6, 0, 0, 0});
+  Vec dw(6, 0.0f), dp(6, 0.0f);
+  const Vec dy = {1, 1, 1, 2, 2, 2};
+  be.embedding_backward(dw.data(), dp.data(), dy.data(), toks.data(), 2, T, C);
+  CHECK(dw == Vec{0, 0, 0, 1, 1, 1});
+  CHECK(dp == Vec{1, 1, 1, 2, 2, 2});
+}
+
+TEST_CASE("cross_entropy_partial over vocabulary slices equals the full softmax cross-entropy",
+          "[ops][loss]") {
+  // The vocabulary-parallel loss: logits split into 3 uneven slices, each slice's statistics
+  // combined as the model does, against ref_cross_entropy and lm_head_cross_entropy's gradient.
+  CpuBackend be(kThreads);
+  Rng rng(21);
+  const int N = 9, C = 5, V = 23;
+  const float scale = 0.3f;
+  const Vec x = randn(size_t(N) * C, rng), w = randn(size_t(V) * C, rng, 2.0);
+  std::vector<int32_t> tg(N);
+  for (auto& t : tg) t = int32_t(rng.below(V));
+  tg[4] = -1;
+  tg[0] = 0;
+  tg[8] = V - 1;
+  const DVec xd = to_double(x), wd = to_double(w);
+  const double want_loss = ref_cross_entropy(xd, wd, tg, N, C, V);
+  Vec want_dx(x.size()), want_dw(w.size(), 0.0f);
+  be.lm_head_cross_entropy(want_dx.data(), want_dw.data(), x.data(), w.data(), tg.data(), N, C, V, scale);
+
+  const int starts[] = {0, 8, 16, V};  // slices of 8, 8 and 7 ids
+  std::vector<Vec> logits(3);
+  std::vector<Vec> mx(3, Vec(N)), sm(3, Vec(N)), tl(3, Vec(N));
+  for (int s = 0; s < 3; ++s) {
+    const int v0 = starts[s], Vs = starts[s + 1] - v0;
+    logits[s].assign(size_t(N) * Vs, 0.0f);
+    be.gemm(false, true, N, Vs, C, 1.0f, x.data(), C, w.data() + size_t(v0) * C, C, 0.0f, logits[s].data(), Vs);
+    be.cross_entropy_partial(mx[s].data(), sm[s].data(), tl[s].data(), logits[s].data(), tg.data(), N, Vs, v0);
+  }
+  Vec lse(N);
+  double loss = 0;
+  for (int n = 0; n < N; ++n) {
+    double M = -INFINITY, S = 0, t = 0;
+    for (int s = 0; s < 3; ++s) M = std::max(M, double(mx[s][n]));
+    for (int s = 0; s < 3; ++s) {
+      S += sm[s][n] * std::exp(mx[s][n] - M);
+      t += tl[s][n];
+    }
+    lse[n] = float(M + std::log(S));
+    if (tg[n] >= 0) loss += M + std::log(S) - t;
+  }
+  CHECK(std::abs(loss - want_loss) <= 1e-5 * std::abs(want_loss));
+  Vec dx(x.size(), 0.0f), dw(w.size(), 0.0f);
+  for (int s = 0; s < 3; ++s) {
+    const int v0 = starts[s], Vs = starts[s + 1] - v0;
+    be.cross_entropy_partial_backward(logits[s].data(), lse.data(), tg.data(), N, Vs, v0, scale);
+    be.gemm(false, false, N, C, Vs, 1.0f, logits[s].data(), Vs, w.data() + size_t(v0) * C, C, 1.0f, dx.data(), C);
+    be.gemm(true, false, Vs, C, N, 1.0f, logits[s].data(), Vs, x.data(), C, 0.0f, dw.data() + size_t(v0) * C, C);
+  }
+  check_close(dx, to_double(want_dx), 1e-5, "vocab-parallel dx");
+  check_close(dw, to_double(want_dw), 1e-5, "vocab-parallel dweight");
+  for (int c = 0; c < C; ++c) CHECK(dx[size_t(4) * C + c] == 0.0f);  // ignored row
 }
 
 // ===================================================================== loss

@@ -1,7 +1,8 @@
 // Tensor parallelism under mpirun (ctest runs it at 1, 2 and 4 ranks): the conjugate primitives
 // on their own, then ColumnParallelLinear, RowParallelLinear and the Megatron MLP pair
 // column -> (GELU | identity) -> row against the unsplit layers computed on every rank from the
-// same seed. Every TP size that divides the world is tried (at 4 ranks: TP 1, 2 and 4, the TP
+// same seed; then the tensor-parallel Model (gpt2 and llama, with and without sequence
+// parallelism) against the one-process Model on every rank: parameters, logits, loss, gradients. Every TP size that divides the world is tried (at 4 ranks: TP 1, 2 and 4, the TP
 // groups of 2 inside a 2 x 2 grid). Awkward sizes: uneven blocks (13 and 10 over 4 ranks) and
 // empty shards (3 features over 4 ranks).
 #define CATCH_CONFIG_RUNNER
@@ -18,6 +19,7 @@
 #include "nuri/backend.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
+#include "nuri/model.hpp"
 #include "nuri/rng.hpp"
 #include "nuri/tensor_parallel.hpp"
 
@@ -308,6 +310,106 @@ TEST_CASE("Megatron MLP column -> activation -> row equals the unsplit MLP", "[t
       }
     }
   }
+}
+
+// The model's gradients in one process's layout, gathered from the TP slices (as
+// gather_full_parameters does for the parameters).
+std::vector<float> gather_grads(const nuri::Model& m, nuri::Communicator& tp) {
+  const std::vector<nuri::ParamTensor> full = nuri::parameter_layout(m.config());
+  std::vector<float> out(full.back().offset + full.back().numel, 0.0f);
+  for (size_t i = 0; i < full.size(); ++i)
+    nuri::place_into_full(m.tensors()[i], m.grads() + m.tensors()[i].offset, out.data() + full[i].offset,
+                          m.tp_size() > 1 ? m.tp_rank() : -1);
+  if (tp.size() > 1) tp.all_reduce(out.data(), out.size(), nuri::ReduceOp::sum);
+  return out;
+}
+
+TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][model]") {
+  auto be = nuri::make_backend("cpu", 1);
+  auto w = world();
+  struct Variant {
+    const char* family;
+    int kv, d_ff;
+    bool tied, recompute;
+  };
+  // llama: 2 kv heads, so at tp 4 each is replicated over 2 ranks; d_ff = 26 and vocab 37 give
+  // uneven slices; the untied gpt2 has its own vocab-parallel LM head.
+  const Variant variants[] = {{"gpt2", 4, 30, true, false}, {"gpt2", 4, 30, false, true}, {"llama", 2, 26, true, false}};
+  for (int tp : tp_sizes(w->size())) {
+    nuri::ProcessGrid grid(w, tp);
+    for (const Variant& v : variants) {
+      for (bool sp : {false, true}) {
+        nuri::ModelConfig cfg = nuri::model_preset(std::string(v.family) + "-tiny");
+        cfg.n_layer = 2;
+        cfg.d_model = 32;
+        cfg.n_head = 4;
+        cfg.n_kv_head = v.kv;
+        cfg.d_ff = v.d_ff;
+        cfg.vocab_size = 37;
+        cfg.max_seq_len = 8;
+        cfg.tied_embeddings = v.tied;
+        cfg.recompute = v.recompute;
+        INFO("tp " << tp << " rank " << grid.tp_rank() << " " << v.family << " tied " << v.tied << " sp " << sp);
+        nuri::Model ref(cfg, *be);
+        ref.init_weights(7);
+        nuri::Model m(cfg, *be, {nuri::make_tensor_parallel_ops(grid.tp_ptr()), sp});
+        m.init_weights(7);
+        CHECK(m.tp_size() == tp);
+        const std::vector<float> full = nuri::gather_full_parameters(m);
+        REQUIRE(full.size() == ref.num_params());
+        CHECK(std::equal(full.begin(), full.end(), ref.params()));  // the same draws, sliced
+
+        const int B = 2, T = 6, N = B * T;  // N divides by 1, 2 and 4 (sequence parallelism)
+        std::vector<int32_t> x(N), y(N);
+        nuri::Rng rng(3);
+        for (int i = 0; i < N; ++i) x[i] = int32_t(rng.below(37)), y[i] = int32_t(rng.below(37));
+        y[5] = -1;  // ignored
+        std::vector<float> want(size_t(N) * 37), got(want.size());
+        ref.forward_logits(want.data(), x.data(), B, T);
+        m.forward_logits(got.data(), x.data(), B, T);
+        CHECK(max_error(got, want) <= kTol);
+        const float loss_ref = ref.forward_loss(x.data(), y.data(), B, T);
+        CHECK(std::abs(m.forward_loss(x.data(), y.data(), B, T) - loss_ref) <= kTol * loss_ref);
+
+        // Two accumulated micro-batches (the partial-gradient sums must add, not replace).
+        ref.zero_grads();
+        m.zero_grads();
+        for (int k = 0; k < 2; ++k) {
+          const float a = ref.forward_backward(x.data(), y.data(), B, T, 0.5f);
+          const float b = m.forward_backward(x.data(), y.data(), B, T, 0.5f);
+          CHECK(std::abs(a - b) <= kTol * a);
+          std::rotate(x.begin(), x.begin() + 1, x.end());
+        }
+        const std::vector<float> g = gather_grads(m, grid.tp());
+        CHECK(max_error(g, std::vector<float>(ref.grads(), ref.grads() + ref.num_params())) <= kTol);
+      }
+    }
+  }
+}
+
+TEST_CASE("a layout that cannot be split is refused with the reason", "[tp][model]") {
+  nuri::ModelConfig cfg = nuri::model_preset("llama-tiny");
+  cfg.n_head = 6;
+  cfg.d_model = 48;
+  cfg.n_kv_head = 3;
+  try {
+    nuri::parameter_layout(cfg, 4, 0);
+    FAIL("tp 4 with 6 heads was accepted");
+  } catch (const nuri::Error& e) {
+    CHECK(e.kind() == nuri::ErrorKind::config);
+    CHECK(e.message().find("does not divide model.n_head = 6") != std::string::npos);
+    CHECK(e.message().find("1, 2, 3, 6") != std::string::npos);
+  }
+  try {
+    nuri::parameter_layout(cfg, 2, 0);  // 3 kv heads: neither split over 2 nor replicated
+    FAIL("tp 2 with 3 kv heads was accepted");
+  } catch (const nuri::Error& e) {
+    CHECK(e.message().find("model.n_kv_head = 3") != std::string::npos);
+  }
+  cfg.n_kv_head = 6;
+  CHECK(nuri::parameter_layout(cfg, 3, 2).size() == nuri::parameter_layout(cfg).size());
+  cfg.n_kv_head = 2;
+  CHECK_NOTHROW(nuri::parameter_layout(cfg, 6, 5));  // 2 kv heads, each replicated over 3 ranks
 }
 
 int main(int argc, char** argv) { return nuri::testing::run_catch_under_mpi(argc, argv); }

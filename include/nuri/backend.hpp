@@ -100,10 +100,12 @@ class Backend {
                                   int D) = 0;
 
   // ---- embedding ----
-  // out (N,C) = wte[tokens[n]] (+ wpe[n % T] when wpe is non-null). tokens in [0, V).
+  // out (N,C) = wte[tokens[n]] (+ wpe[n % T] when wpe is non-null). tokens < V.
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
                                  const float* wpe, int N, int T, int C) = 0;
   // dwte[tokens[n]] += dout[n]; dwpe[n % T] += dout[n] when dwpe is non-null.
+  // A negative token has no wte row (forward: wpe only, or zero; backward: no dwte), which is how
+  // the vocabulary-parallel embedding skips the ids of other ranks' slices.
   virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
                                   const int32_t* tokens, int N, int T, int C) = 0;
 
@@ -119,6 +121,19 @@ class Backend {
   // logits (N,V) = x (N,C) @ weight (V,C)^T, for sampling.
   virtual void lm_head_logits(float* logits, const float* x, const float* weight, int N, int C,
                               int V) = 0;
+  // Vocabulary-parallel cross-entropy, the local halves. logits (N,V) hold the full vocabulary
+  // ids [vocab_start, vocab_start + V); targets (N) are full ids, < 0 ignored.
+  // row_max (N) = max of each row; row_sum (N) = sum of e^{logit - row_max}; target_logit (N) =
+  // the target's logit when it falls in this slice, else 0. (Combined over the slices: M = max
+  // of row_max, S = sum of row_sum e^{row_max - M}, lse = M + log S, loss = lse - target logit.)
+  virtual void cross_entropy_partial(float* row_max, float* row_sum, float* target_logit,
+                                     const float* logits, const int32_t* targets, int N, int V,
+                                     int vocab_start) = 0;
+  // In place: logits = scale (e^{logits - lse} - onehot(target)), with lse (N) the full rows'
+  // log-sum-exp; rows with an ignored target become 0.
+  virtual void cross_entropy_partial_backward(float* logits, const float* lse,
+                                              const int32_t* targets, int N, int V,
+                                              int vocab_start, float scale) = 0;
 
   // ---- optimizer ----
   // AdamW with decoupled weight decay, bias-corrected, step >= 1:

@@ -62,7 +62,8 @@ struct TrainConfig {
 
 // How the ranks of an mpirun job share the work (parallel.hpp, comm.hpp). World size = tp x dp.
 struct ParallelConfig {
-  int tp = 1;                   // tensor-parallel degree (only 1 is built so far)
+  int tp = 1;                   // tensor-parallel degree (model.hpp: heads, MLP, vocabulary)
+  bool sequence_parallel = false;  // with tp > 1: norm regions split over rows
   int dp = 0;                   // data-parallel degree; 0: world size / tp
   bool zero1 = false;           // shard AdamW moments over DP (ZeRO stage 1)
   double bucket_mb = 25;        // gradient bucket size in MiB (fp32); 0: one bucket per layer

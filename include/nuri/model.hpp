@@ -7,7 +7,27 @@
 // Parameters and their gradients each live in one flat fp32 buffer owned by the model; every
 // tensor is a view into it (see `params()`), which keeps the optimizer, gradient clipping,
 // checkpoints and bucketed gradient reduction simple. The model calls no communicator: a
-// data-parallel engine (parallel.hpp) learns when gradients are final through a generic hook.
+// data-parallel engine (parallel.hpp) learns when gradients are final through a generic hook,
+// and tensor parallelism (Megatron style) is given to the model as an abstract set of
+// collectives, TensorParallelOps, built over a Communicator by tensor_parallel.hpp.
+//
+// Tensor parallelism over p ranks (rank r), when the model is built with TensorParallelOptions:
+//   attention   q heads split: rank r has heads [r H/p, (r+1) H/p) (H % p == 0); kv heads split
+//               the same way when KV % p == 0, else replicated: rank r has kv head r KV / p
+//               (p % KV == 0; the p/KV ranks sharing a kv head sum its weight gradients)
+//   attn.qkv    column-parallel: local rows [q_r | k_r | v_r], (H_r + 2 KV_r) D of them
+//   attn.proj   row-parallel: columns of the rank's q heads; bias replicated
+//   mlp.fc      column-parallel over F (block_range(F, p, r)); llama: local rows [gate_r | up_r]
+//   mlp.proj    row-parallel over F; bias replicated
+//   wte/lm_head vocab-parallel: rows block_range(V, p, r); the loss is a vocab-parallel
+//               softmax cross-entropy (no rank holds a full row of logits)
+//   norms, wpe  replicated (identical gradients on every rank)
+// One all-reduce per attention and per MLP in the forward (after the row-parallel product) and
+// in the backward (after the column-parallel input gradient), plus the embedding and the loss.
+// Sequence parallelism (optional): the residual stream and the norms hold N/p rows per rank
+// (N = B*T must divide); the all-reduces become reduce-scatter (forward) and all-gather
+// (before each column-parallel product), the same bytes on the wire with 1/p of the norm work
+// and activations; norm weight gradients are partial per rank and summed over the group.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -60,13 +80,74 @@ struct MemoryEstimate {
 // Analytic estimate for one micro-batch of B sequences of T tokens on one device, fp32.
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T);
 
+// Under tensor parallelism a rank holds a slice of a tensor: runs of rows (dimension 0) or of
+// columns (dimension 1, a matrix) of the full tensor. A piece maps `length` local indices from
+// `local_start` to full indices from `full_start` along `dim`.
+struct ShardPiece {
+  int64_t local_start = 0, full_start = 0, length = 0;
+  // TP ranks holding this same piece (1: split; p: replicated; p/KV: a shared kv head).
+  int replicas = 1;
+};
+
 struct ParamTensor {
   std::string name;            // e.g. "blocks.3.attn.qkv.weight"
-  std::vector<int64_t> shape;  // e.g. {3*C, C} for a linear layer (out, in)
+  std::vector<int64_t> shape;  // this rank's shape, e.g. {3*C, C} for a linear layer (out, in)
   size_t offset = 0;           // in floats, into params() / grads()
   size_t numel = 0;
   bool weight_decay = false;   // true for matrices and embeddings, false for norms and biases
+  // The tensor on one process; equals `shape` without tensor parallelism.
+  std::vector<int64_t> full_shape;
+  // Tensor parallelism: the dimension the pieces index (0 rows, 1 columns) and the pieces, which
+  // cover `shape[dim]`. A replicated tensor has dim 0 and one piece of the whole with replicas p.
+  int dim = 0;
+  std::vector<ShardPiece> pieces;
 };
+
+// The collectives a tensor-parallel model needs. The model calls these and nothing else of
+// communication; make_tensor_parallel_ops (tensor_parallel.hpp) builds them over the TP group of
+// a ProcessGrid. Every rank of the group must make the same calls in the same order. Buffers are
+// host memory (the CPU backend's). Errors are the communicator's (Error(backend)).
+class TensorParallelOps {
+ public:
+  virtual ~TensorParallelOps() = default;
+  virtual int size() const = 0;  // p
+  virtual int rank() const = 0;  // r in [0, p)
+  // x[i] = sum (or max) over the group of x[i], in place.
+  virtual void all_reduce_sum(float* x, size_t count) = 0;
+  virtual void all_reduce_max(float* x, size_t count) = 0;
+  // full (p * count) = the ranks' `part` (count each) in rank order.
+  virtual void all_gather(float* full, const float* part, size_t count) = 0;
+  // part (count) = rank r's block [r count, (r+1) count) of the sum over the group of full.
+  virtual void reduce_scatter(float* part, const float* full, size_t count) = 0;
+
+  // What the calls above cost since reset_stats(): every one blocks the caller, so under tensor
+  // parallelism all of this time is exposed communication. (An implementation may keep none.)
+  struct Stats {
+    uint64_t calls = 0;
+    double bytes = 0;    // payload of the calls (count x 4 per rank; all_gather: the full buffer)
+    double seconds = 0;  // wall time inside the calls
+  };
+  virtual Stats stats() const { return {}; }
+  virtual void reset_stats() {}
+};
+
+struct TensorParallelOptions {
+  std::shared_ptr<TensorParallelOps> ops;  // null or size 1: no tensor parallelism
+  bool sequence_parallel = false;          // split the norm regions over rows (see above)
+};
+
+// The parameter layout of `cfg` on TP rank `tp_rank` of `tp_size` (1, 0: one process): every
+// tensor with its local and full shape, offset and pieces. Throws Error(config) when the heads,
+// kv heads, MLP width or vocabulary cannot be split over tp_size, saying which and what would.
+std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg, int tp_size = 1, int tp_rank = 0);
+
+// Copies a rank's slice of tensor `t` out of the full tensor: local (numel floats, t.shape) from
+// full (t.full_shape).
+void slice_from_full(const ParamTensor& t, const float* full, float* local);
+// The inverse: writes the slice into its place in full. With tp_rank >= 0 only the pieces this
+// rank is the first holder of (tp_rank % replicas == 0), so that the ranks' writes into zeroed
+// buffers sum to the full tensor (tensor_parallel.hpp gathers so); tp_rank < 0 writes all.
+void place_into_full(const ParamTensor& t, const float* local, float* full, int tp_rank = -1);
 
 // A contiguous range of the flat parameter (and gradient) buffer, in floats.
 struct ParamRange {
@@ -80,15 +161,22 @@ using GradReadyHook = std::function<void(size_t offset, size_t count)>;
 
 class Model {
  public:
-  // Allocates parameters (zero) and gradients on `backend`, which must outlive the model.
-  Model(const ModelConfig& cfg, Backend& backend);
+  // Allocates parameters (zero) and gradients on `backend`, which must outlive the model. With
+  // `tp`, this rank's slices (see the top of this file; forward and backward are then collective
+  // over the group). Throws Error(config) for a config that cannot be split over tp.
+  Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
+  int tp_size() const { return tp_size_; }
+  int tp_rank() const { return tp_rank_; }
+  bool sequence_parallel() const { return sequence_parallel_; }
+  TensorParallelOps* tp_ops() const { return tp_.get(); }  // null without tensor parallelism
   // GPT-2 initialisation: N(0, 0.02), residual output projections N(0, 0.02/sqrt(2L)), norms 1,
-  // biases 0. Deterministic for a seed.
+  // biases 0. Deterministic for a seed, and the same full tensors at any TP degree (each rank
+  // draws the full tensor and keeps its slice).
   void init_weights(uint64_t seed);
 
   float* params() { return params_; }
@@ -123,7 +211,7 @@ class Model {
 
   // Mean loss only (evaluation); no gradients, no state kept for a backward.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);
-  // Logits (B,T,V) for every position.
+  // Logits (B,T,V) for every position (the full vocabulary on every TP rank).
   void forward_logits(float* logits, const int32_t* tokens, int B, int T);
 
   struct Impl;  // opaque: activation buffers and tensor offsets (src/model/model.cpp)
@@ -131,6 +219,9 @@ class Model {
  private:
   ModelConfig cfg_;
   Backend& backend_;
+  std::shared_ptr<TensorParallelOps> tp_;  // null without tensor parallelism
+  int tp_size_ = 1, tp_rank_ = 0;
+  bool sequence_parallel_ = false;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   size_t num_params_ = 0;

@@ -36,7 +36,11 @@
 //
 // Gradient norm. In both modes each rank sums the squares of its owned blocks of the reduced
 // gradient and one all-reduce (with the loss) completes the global norm, so the clipping norm is
-// that of the full averaged gradient, the same on every rank.
+// that of the full averaged gradient, the same on every rank. Under tensor parallelism (a model
+// built with TensorParallelOptions, DataParallelOptions::tp set) every DP group runs the same
+// steps on its TP slices (the DP groups of the TP ranks are independent); squares of a piece
+// replicated over r TP ranks count 1/r and one more all-reduce over the TP group completes the
+// norm of the whole model's gradient.
 //
 // Equality. With per-rank batch B, a DP group of d ranks computes the same step as one process with
 // batch d*B (the DataLoader serves rank r the rows [rB, (r+1)B) of each global batch), up to fp32
@@ -63,6 +67,10 @@ class Backend;
 struct DataParallelOptions {
   bool zero1 = false;      // shard the optimizer state (ZeRO-1)
   double bucket_mb = 25;   // bucket size in MiB of fp32 gradients; 0: one bucket per layer
+  // The model's tensor-parallel group (ProcessGrid::tp_ptr()) when it is built with tensor
+  // parallelism: the gradient norm then sums every rank's slices, counting a tensor replicated
+  // over r ranks once (ParamTensor::pieces). Null or size 1: no tensor parallelism.
+  std::shared_ptr<Communicator> tp;
 };
 
 // One gradient bucket: a contiguous range of the flat buffer and the layers it covers.
@@ -137,7 +145,15 @@ class DataParallel {
   Model& model_;
   Backend& backend_;
   std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<Communicator> tp_;  // null without tensor parallelism
   int size_ = 1, rank_ = 0;
+  // Ranges of the flat buffer replicated over TP ranks, with the weight 1/replicas (sorted).
+  struct Replicated {
+    size_t begin, end;
+    double weight;
+  };
+  std::vector<Replicated> replicated_;
+  double norm_sum_squares(size_t offset, size_t count) const;
   bool zero1_ = false;
   std::vector<GradBucket> buckets_;
   std::vector<int> bucket_closed_by_;  // per layer of grad_ready_order(): bucket it completes, or -1

@@ -1,7 +1,15 @@
 #pragma once
-// Tensor parallelism (Megatron-LM style): the conjugate communication primitives and the column-
-// and row-parallel linear layers built from them. Standalone building blocks: nothing in the model
-// or the trainer uses them yet.
+// Tensor parallelism (Megatron-LM style): the TensorParallelOps a Model is built with (model.hpp
+// splits attention, MLP, embedding and loss with them), helpers that move a model's parameters
+// between its TP slices and the full tensors, and, for programs that build their own layers, the
+// conjugate communication primitives and the column- and row-parallel linear layers.
+//
+//   nuri::ProcessGrid grid(mpi.world(), /*tp=*/2);
+//   nuri::Model model(cfg, *backend, {nuri::make_tensor_parallel_ops(grid.tp_ptr()), /*sp=*/false});
+//   model.init_weights(seed);                  // the same full tensors as one process, sliced
+//   nuri::DataParallel dp(model, *backend, optim, grid.dp_ptr(), {.tp = grid.tp_ptr()});
+//   ...
+//   std::vector<float> full = nuri::gather_full_parameters(model);  // one process's layout
 //
 // A linear layer computes Y (N,OUT) = X (N,IN) W^T + b, W (OUT,IN), b (OUT), N = B*T rows.
 // Over a TP group of p ranks, rank r holds one block of W, chosen by block_range (comm.hpp), so
@@ -43,12 +51,27 @@
 // communicator first. Every TP rank must call the same layer methods in the same order (they are
 // collective over the TP communicator).
 #include <cstddef>
+#include <memory>
+#include <vector>
 
 #include "nuri/comm.hpp"
+#include "nuri/model.hpp"
 
 namespace nuri {
 
 class Backend;
+
+// TensorParallelOps (model.hpp) over a TP communicator, normally ProcessGrid::tp_ptr(). Throws
+// Error(config) for a null communicator.
+std::shared_ptr<TensorParallelOps> make_tensor_parallel_ops(std::shared_ptr<Communicator> tp);
+
+// The model's parameters in the layout of one process (parameter_layout(model.config())),
+// assembled from every TP rank's slices: collective over the model's TP group, the result on
+// every rank. Without tensor parallelism, a copy of params(). Host memory (CPU backend).
+std::vector<float> gather_full_parameters(const Model& model);
+// The inverse: sets this rank's slices from full parameters in one process's layout (no
+// communication). Throws Error(shape) when `count` is not the full model's parameter count.
+void load_full_parameters(Model& model, const float* full, size_t count);
 
 // ---------------------------------------------------------------------------------------------
 // Conjugate primitives. Each is a forward/backward pair; data are `count` floats on every rank.

@@ -23,8 +23,11 @@ struct TrainResult {
   // Data parallelism (all per timed step, i.e. after the first): the DP degree, the wall time of
   // a step, the time DP collectives were in flight, and the part of it the training thread waited
   // for (not hidden behind backward). compute_s = step_s - exposed_comm_s.
-  int dp = 1;
+  // Tensor parallelism: the TP degree and the per-step time and bytes in TP collectives (all
+  // exposed: compute_s = step_s - exposed_comm_s - tp_comm_s).
+  int dp = 1, tp = 1;
   double step_s = 0, comm_s = 0, exposed_comm_s = 0, compute_s = 0;
+  double tp_comm_s = 0, tp_comm_bytes = 0;
   std::string model_path;    // run_dir/model.bin, if saved
   std::string metrics_path;  // run_dir/metrics.jsonl
 };
@@ -55,9 +58,14 @@ std::vector<int32_t> sample(Model& model, const std::vector<int32_t>& prompt,
                             const SampleOptions& opt, int eot_id);
 
 // Single-file model weights: magic "NURIMDL1", the model config (JSON), the flat fp32
-// parameters and an xxh64 checksum. (Sharded training checkpoints come with their own issue.)
+// parameters and an xxh64 checksum, always in one process's layout. (Sharded training checkpoints
+// come with their own issue.) Written to PATH.tmp and renamed. Throws Error(io).
+// A tensor-parallel model holds slices: gather_full_parameters (tensor_parallel.hpp) on every TP
+// rank, then save the full parameters with the second form (Error(internal) from the first).
 void save_model(const std::string& path, const Model& model);
-// Reads the config of a model file (to build the Model), then the weights into `model`.
+void save_model(const std::string& path, const ModelConfig& config, const float* params, size_t count);
+// Reads the config of a model file (to build the Model), then the weights into `model` (its
+// slices, for a tensor-parallel model).
 ModelConfig read_model_config(const std::string& path);
 void load_model_weights(const std::string& path, Model& model);
 

@@ -1,23 +1,28 @@
 // The decoder: embedding, n_layer blocks (norm, attention, norm, MLP), final norm, fused LM head
-// and loss. Forward and backward are written out per block; see model.hpp for the families.
+// and loss. Forward and backward are written out per block; see model.hpp for the families and
+// for the tensor-parallel split (TP below), whose collectives come from TensorParallelOps.
 //
-// Activations for B*T = N rows (fp32):
-//   res[l]            (N,C)      input of block l (res[L] is the last block's output)
+// Activations for B*T = N rows (fp32); under TP, H, KV, F and V below are this rank's counts and
+// Nl = N/p under sequence parallelism (SP), else N:
+//   res[l]            (Nl,C)     input of block l (res[L] is the last block's output)
 //   per block (kept for every block, or for one block when recomputing):
-//     ln1, ln2        (N,C)      norm outputs;  mean1/rstd1, mean2/rstd2 (N)
+//     ln1, ln2        (N,C)      norm outputs (under SP: this rank's Nl rows, then all-gathered)
+//     mean/rstd       (Nl)       norm statistics (mean1/rstd1, mean2/rstd2)
 //     qkv             (N,QKV)    QKV = (H+2KV)*D, after RoPE for llama
 //     att             (N,H*D)    attention output;  lse (B,H,T)
-//     mid             (N,C)      residual after attention
+//     mid             (Nl,C)     residual after attention
 //     fc              (N,FC)     MLP pre-activation, FC = F (gpt2) or 2F (llama: [gate | up])
 //     act             (N,F)      GELU / SwiGLU output
-//   head: lnf (N,C), meanf/rstdf (N)
-// Gradient scratch (one block at a time): dres (N,C), dln (N,C), datt (N,H*D), dqkv (N,QKV),
-// dfc (N,FC), dact (N,F).
+//   head: lnf (N,C), meanf/rstdf (Nl)
+// Gradient scratch (one block at a time): dres (Nl,C), dln (N,C), datt (N,H*D), dqkv (N,QKV),
+// dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward and
+// the all-gathered residual gradient in backward under SP.
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "nuri/backend.hpp"
+#include "nuri/comm.hpp"  // block_range
 #include "nuri/error.hpp"
 #include "nuri/model.hpp"
 #include "nuri/rng.hpp"
@@ -56,8 +61,23 @@ struct Model::Impl {
   float *lnf = nullptr, *meanf = nullptr, *rstdf = nullptr;
   float *dres = nullptr, *dln = nullptr, *datt = nullptr, *dqkv = nullptr, *dfc = nullptr,
         *dact = nullptr;
+  float* full = nullptr;  // (N,C) TP scratch
+
+  // Tensor parallelism (see model.hpp); tp null on one process.
+  TensorParallelOps* tp = nullptr;
+  bool sp = false;
+  int H = 0, KV = 0, F = 0, V = 0;  // this rank's q heads, kv heads, MLP units, vocabulary ids
+  int vocab_start = 0;            // this rank's first vocabulary id
+  int kv_slot = 0, kv_slots = 1;  // replicated kv heads: this rank's kv head, of KV
+  bool kv_shared = false;         // kv heads replicated over p/KV ranks
+  std::vector<int32_t> local_tokens;           // tokens in this rank's vocabulary slice, else -1
+  std::vector<float> snapshot, slots;          // partial-gradient reduction scratch
+  std::vector<float> head_stats;               // vocab-parallel loss: per-row statistics
+  float* head_logits = nullptr;                // vocab-parallel loss: one chunk of logits
+  size_t head_logits_floats = 0;
 
   ~Impl() {
+    if (head_logits) backend->free(head_logits);
     if (arena) backend->free(arena);
   }
 
@@ -71,53 +91,209 @@ struct Model::Impl {
   }
 };
 
-Model::Model(const ModelConfig& cfg, Backend& backend)
-    : cfg_(cfg), backend_(backend), impl_(std::make_unique<Impl>()) {
-  cfg_.validate();
-  impl_->backend = &backend;
-  const int64_t C = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, D = cfg_.head_dim();
-  const int64_t QKV = int64_t(cfg_.n_head + 2 * cfg_.n_kv_head) * D, HD = int64_t(cfg_.n_head) * D;
-  const bool gpt2 = cfg_.family == "gpt2";
-  const int64_t FC = gpt2 ? F : 2 * F;
+namespace {
 
+// The sizes a rank holds under TP, checked (see the split at the top of model.hpp).
+struct TpSplit {
+  int p = 1, r = 0;
+  int H_r = 0, q_head0 = 0;         // q heads
+  int KV_r = 0, kv_head0 = 0;       // kv heads held (first one, in full numbering)
+  int kv_replicas = 1;              // ranks holding the same kv heads
+  BlockRange f, v;                  // MLP hidden units and vocabulary ids
+};
+
+std::string divisors_up_to(int n, int limit) {
+  std::string out;
+  for (int d = 1; d <= std::min(n, limit); ++d)
+    if (n % d == 0) out += (out.empty() ? "" : ", ") + std::to_string(d);
+  return out;
+}
+
+TpSplit tp_split(const ModelConfig& c, int p, int r) {
+  const char* op = "tensor parallel";
+  NURI_CHECK(p >= 1 && r >= 0 && r < p, config, op, "TP rank " << r << " of " << p << " is not a valid rank");
+  TpSplit s;
+  s.p = p;
+  s.r = r;
+  NURI_CHECK(c.n_head % p == 0, config, op,
+             "parallel.tp = " << p << " does not divide model.n_head = " << c.n_head
+                              << ": attention is split by heads; tp must be one of " << divisors_up_to(c.n_head, 1 << 20));
+  NURI_CHECK(c.n_kv_head % p == 0 || p % c.n_kv_head == 0, config, op,
+             "parallel.tp = " << p << " and model.n_kv_head = " << c.n_kv_head
+                              << ": kv heads are split when tp divides n_kv_head and replicated when n_kv_head divides "
+                              << "tp; neither holds. Choose tp among " << divisors_up_to(c.n_kv_head, 1 << 20)
+                              << " or a multiple of " << c.n_kv_head << " that divides n_head = " << c.n_head);
+  NURI_CHECK(c.d_ff >= p && c.vocab_size >= p, config, op,
+             "parallel.tp = " << p << " is larger than model.d_ff = " << c.d_ff << " or model.vocab_size = "
+                              << c.vocab_size << "; every rank needs at least one MLP unit and one vocabulary id");
+  s.H_r = c.n_head / p;
+  s.q_head0 = r * s.H_r;
+  if (c.n_kv_head % p == 0) {
+    s.KV_r = c.n_kv_head / p;
+    s.kv_head0 = r * s.KV_r;
+  } else {
+    s.KV_r = 1;
+    s.kv_replicas = p / c.n_kv_head;
+    s.kv_head0 = r / s.kv_replicas;  // the kv head of this rank's q heads
+  }
+  s.f = block_range(size_t(c.d_ff), p, r);
+  s.v = block_range(size_t(c.vocab_size), p, r);
+  return s;
+}
+
+}  // namespace
+
+std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg, int tp_size, int tp_rank) {
+  cfg.validate();
+  const TpSplit s = tp_split(cfg, tp_size, tp_rank);
+  const int p = s.p;
+  const int64_t C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size, D = cfg.head_dim();
+  const int64_t H = cfg.n_head, KV = cfg.n_kv_head;
+  const int64_t Hr = s.H_r, KVr = s.KV_r, Fr = int64_t(s.f.count), Vr = int64_t(s.v.count);
+  const bool gpt2 = cfg.family == "gpt2";
+
+  std::vector<ParamTensor> out;
   size_t offset = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool decay) {
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, std::vector<int64_t> full_shape,
+                 bool decay, int dim, std::vector<ShardPiece> pieces) {
     ParamTensor t;
     t.name = name;
     t.shape = std::move(shape);
+    t.full_shape = std::move(full_shape);
     t.numel = 1;
-    for (int64_t s : t.shape) t.numel *= size_t(s);
+    for (int64_t d : t.shape) t.numel *= size_t(d);
     t.offset = offset;
     t.weight_decay = decay;
+    t.dim = dim;
+    t.pieces = std::move(pieces);
     offset += t.numel;
-    tensors_.push_back(t);
-    return t.offset;
+    out.push_back(std::move(t));
   };
-  impl_->wte = add("wte", {V, C}, true);
-  if (gpt2) impl_->wpe = add("wpe", {cfg_.max_seq_len, C}, true);
+  auto replicated = [&](const std::string& name, std::vector<int64_t> shape, bool decay) {
+    const int64_t n = shape[0];
+    add(name, shape, shape, decay, 0, {{0, 0, n, p}});
+  };
+  // Split along rows (dim 0): `pieces` of (local start, full start, length).
+  auto rows = [&](const std::string& name, int64_t local_rows, std::vector<int64_t> full_shape,
+                  std::vector<int64_t> rest, bool decay, std::vector<ShardPiece> pieces) {
+    std::vector<int64_t> shape = {local_rows};
+    shape.insert(shape.end(), rest.begin(), rest.end());
+    add(name, shape, std::move(full_shape), decay, 0, std::move(pieces));
+  };
+  const std::vector<ShardPiece> vocab = {{0, int64_t(s.v.offset), Vr, 1}};
+  rows("wte", Vr, {V, C}, {C}, true, vocab);
+  if (gpt2) replicated("wpe", {cfg.max_seq_len, C}, true);
+  // qkv rows: [q heads | k heads | v heads] of this rank.
+  const std::vector<ShardPiece> qkv = {{0, s.q_head0 * D, Hr * D, 1},
+                                       {Hr * D, (H + s.kv_head0) * D, KVr * D, s.kv_replicas},
+                                       {(Hr + KVr) * D, (H + KV + s.kv_head0) * D, KVr * D, s.kv_replicas}};
+  const int64_t QKVr = (Hr + 2 * KVr) * D, QKV = (H + 2 * KV) * D;
+  const std::vector<ShardPiece> fc = gpt2 ? std::vector<ShardPiece>{{0, int64_t(s.f.offset), Fr, 1}}
+                                          : std::vector<ShardPiece>{{0, int64_t(s.f.offset), Fr, 1},
+                                                                    {Fr, F + int64_t(s.f.offset), Fr, 1}};
+  const int64_t FCr = gpt2 ? Fr : 2 * Fr, FC = gpt2 ? F : 2 * F;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".";
+    replicated(b + "ln1.weight", {C}, false);
+    if (gpt2) replicated(b + "ln1.bias", {C}, false);
+    rows(b + "attn.qkv.weight", QKVr, {QKV, C}, {C}, true, qkv);
+    if (gpt2) rows(b + "attn.qkv.bias", QKVr, {QKV}, {}, false, qkv);
+    add(b + "attn.proj.weight", {C, Hr * D}, {C, H * D}, true, 1, {{0, s.q_head0 * D, Hr * D, 1}});
+    if (gpt2) replicated(b + "attn.proj.bias", {C}, false);
+    replicated(b + "ln2.weight", {C}, false);
+    if (gpt2) replicated(b + "ln2.bias", {C}, false);
+    rows(b + "mlp.fc.weight", FCr, {FC, C}, {C}, true, fc);
+    if (gpt2) rows(b + "mlp.fc.bias", FCr, {FC}, {}, false, fc);
+    add(b + "mlp.proj.weight", {C, Fr}, {C, F}, true, 1, {{0, int64_t(s.f.offset), Fr, 1}});
+    if (gpt2) replicated(b + "mlp.proj.bias", {C}, false);
+  }
+  replicated("ln_f.weight", {C}, false);
+  if (gpt2) replicated("ln_f.bias", {C}, false);
+  if (!cfg.tied_embeddings) rows("lm_head.weight", Vr, {V, C}, {C}, true, vocab);
+  return out;
+}
+
+void slice_from_full(const ParamTensor& t, const float* full, float* local) {
+  if (t.dim == 0) {
+    const size_t inner = t.shape.empty() || t.shape[0] == 0 ? 1 : t.numel / size_t(t.shape[0]);
+    for (const ShardPiece& pc : t.pieces)
+      std::copy_n(full + size_t(pc.full_start) * inner, size_t(pc.length) * inner, local + size_t(pc.local_start) * inner);
+    return;
+  }
+  const int64_t rows = t.shape[0], lc = t.shape[1], fc = t.full_shape[1];
+  for (int64_t i = 0; i < rows; ++i)
+    for (const ShardPiece& pc : t.pieces)
+      std::copy_n(full + size_t(i * fc + pc.full_start), size_t(pc.length), local + size_t(i * lc + pc.local_start));
+}
+
+void place_into_full(const ParamTensor& t, const float* local, float* full, int tp_rank) {
+  if (t.dim == 0) {
+    const size_t inner = t.shape.empty() || t.shape[0] == 0 ? 1 : t.numel / size_t(t.shape[0]);
+    for (const ShardPiece& pc : t.pieces)
+      if (tp_rank < 0 || tp_rank % pc.replicas == 0)
+        std::copy_n(local + size_t(pc.local_start) * inner, size_t(pc.length) * inner, full + size_t(pc.full_start) * inner);
+    return;
+  }
+  const int64_t rows = t.shape[0], lc = t.shape[1], fc = t.full_shape[1];
+  for (int64_t i = 0; i < rows; ++i)
+    for (const ShardPiece& pc : t.pieces)
+      if (tp_rank < 0 || tp_rank % pc.replicas == 0)
+        std::copy_n(local + size_t(i * lc + pc.local_start), size_t(pc.length), full + size_t(i * fc + pc.full_start));
+}
+
+Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
+    : cfg_(cfg), backend_(backend), impl_(std::make_unique<Impl>()) {
+  cfg_.validate();
+  impl_->backend = &backend;
+  if (tp.ops && tp.ops->size() > 1) {
+    tp_ = std::move(tp.ops);
+    tp_size_ = tp_->size();
+    tp_rank_ = tp_->rank();
+    sequence_parallel_ = tp.sequence_parallel;
+  }
+  const TpSplit split = tp_split(cfg_, tp_size_, tp_rank_);
+  impl_->tp = tp_.get();
+  impl_->sp = sequence_parallel_;
+  impl_->H = split.H_r;
+  impl_->KV = split.KV_r;
+  impl_->F = int(split.f.count);
+  impl_->V = int(split.v.count);
+  impl_->vocab_start = int(split.v.offset);
+  impl_->kv_shared = split.kv_replicas > 1;
+  impl_->kv_slot = split.kv_head0;
+  impl_->kv_slots = cfg_.n_kv_head;
+
+  tensors_ = parameter_layout(cfg_, tp_size_, tp_rank_);
+  auto offset_of = [&](const std::string& name) {
+    for (const ParamTensor& t : tensors_)
+      if (t.name == name) return t.offset;
+    return SIZE_MAX;
+  };
+  impl_->wte = offset_of("wte");
+  impl_->wpe = offset_of("wpe");
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string p = "blocks." + std::to_string(l) + ".";
     Impl::BlockOffsets o;
-    o.ln1_w = add(p + "ln1.weight", {C}, false);
-    o.ln1_b = gpt2 ? add(p + "ln1.bias", {C}, false) : SIZE_MAX;
-    o.qkv_w = add(p + "attn.qkv.weight", {QKV, C}, true);
-    o.qkv_b = gpt2 ? add(p + "attn.qkv.bias", {QKV}, false) : SIZE_MAX;
-    o.proj_w = add(p + "attn.proj.weight", {C, HD}, true);
-    o.proj_b = gpt2 ? add(p + "attn.proj.bias", {C}, false) : SIZE_MAX;
-    o.ln2_w = add(p + "ln2.weight", {C}, false);
-    o.ln2_b = gpt2 ? add(p + "ln2.bias", {C}, false) : SIZE_MAX;
-    o.fc_w = add(p + "mlp.fc.weight", {FC, C}, true);
-    o.fc_b = gpt2 ? add(p + "mlp.fc.bias", {FC}, false) : SIZE_MAX;
-    o.mlp_proj_w = add(p + "mlp.proj.weight", {C, F}, true);
-    o.mlp_proj_b = gpt2 ? add(p + "mlp.proj.bias", {C}, false) : SIZE_MAX;
+    o.ln1_w = offset_of(p + "ln1.weight");
+    o.ln1_b = offset_of(p + "ln1.bias");
+    o.qkv_w = offset_of(p + "attn.qkv.weight");
+    o.qkv_b = offset_of(p + "attn.qkv.bias");
+    o.proj_w = offset_of(p + "attn.proj.weight");
+    o.proj_b = offset_of(p + "attn.proj.bias");
+    o.ln2_w = offset_of(p + "ln2.weight");
+    o.ln2_b = offset_of(p + "ln2.bias");
+    o.fc_w = offset_of(p + "mlp.fc.weight");
+    o.fc_b = offset_of(p + "mlp.fc.bias");
+    o.mlp_proj_w = offset_of(p + "mlp.proj.weight");
+    o.mlp_proj_b = offset_of(p + "mlp.proj.bias");
     impl_->blocks.push_back(o);
   }
-  impl_->lnf_w = add("ln_f.weight", {C}, false);
-  if (gpt2) impl_->lnf_b = add("ln_f.bias", {C}, false);
-  impl_->head = cfg_.tied_embeddings ? impl_->wte : add("lm_head.weight", {V, C}, true);
+  impl_->lnf_w = offset_of("ln_f.weight");
+  impl_->lnf_b = offset_of("ln_f.bias");
+  impl_->head = cfg_.tied_embeddings ? impl_->wte : offset_of("lm_head.weight");
 
-  num_params_ = offset;
-  if (int64_t(num_params_) != cfg_.num_params()) {
+  num_params_ = tensors_.back().offset + tensors_.back().numel;
+  if (tp_size_ == 1 && int64_t(num_params_) != cfg_.num_params()) {
     NURI_THROW(internal, "Model", "parameter layout has " << num_params_ << " floats but "
                                   << "ModelConfig::num_params() says " << cfg_.num_params());
   }
@@ -170,7 +346,12 @@ void Model::init_weights(uint64_t seed) {
     const bool residual_out = t.name.ends_with("attn.proj.weight") || t.name.ends_with("mlp.proj.weight");
     const double std_dev = residual_out ? residual_std : 0.02;
     Rng rng(seed, uint64_t(i) << 40);  // one stream per tensor: independent of layout changes
-    for (size_t k = 0; k < t.numel; ++k) p[k] = float(std_dev * rng.normal());
+    // The full tensor is drawn on every TP rank, which keeps its slice: the same model at any tp.
+    size_t full_numel = 1;
+    for (int64_t d : t.full_shape) full_numel *= size_t(d);
+    std::vector<float> full(full_numel);
+    for (float& x : full) x = float(std_dev * rng.normal());
+    slice_from_full(t, full.data(), p);
   }
   backend_.copy(params_, host.data(), num_params_);
 }
@@ -179,19 +360,21 @@ void Model::init_weights(uint64_t seed) {
 namespace {
 
 struct Dims {
-  int B, T, N, C, H, KV, D, QKV, HD, F, FC, V;
+  int B, T, N, C, H, KV, D, QKV, HD, F, FC, V;  // H, KV, F, V (and QKV, HD, FC): this rank's
+  int V_full;
+  int Nl, row0;  // residual-stream rows on this rank and the first of them (SP: N/p, r N/p)
   bool gpt2;
 };
 
 void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   if (m.arena && m.arena_rows == d.N && m.arena_sets == sets && m.arena_B == d.B) return;
   if (m.arena) m.backend->free(m.arena);
-  const size_t N = size_t(d.N);
+  const size_t N = size_t(d.N), Nl = size_t(d.Nl);
   const size_t lse = size_t(d.B) * d.H * d.T;
-  const size_t per_set = N * (2 * size_t(d.C) + 4 + d.QKV + d.HD + d.C + d.FC + d.F) + lse;
-  const size_t res = size_t(n_layer + 1) * N * d.C;
-  const size_t head = N * d.C + 2 * N;
-  const size_t grads = N * (2 * size_t(d.C) + d.HD + d.QKV + d.FC + d.F);
+  const size_t per_set = N * (2 * size_t(d.C) + d.QKV + d.HD + d.FC + d.F) + Nl * (4 + size_t(d.C)) + lse;
+  const size_t res = size_t(n_layer + 1) * Nl * d.C;
+  const size_t head = N * d.C + 2 * Nl;
+  const size_t grads = Nl * d.C + N * (size_t(d.C) + d.HD + d.QKV + d.FC + d.F) + (m.tp ? N * d.C : 0);
   const size_t total = res + size_t(sets) * per_set + head + grads;
   m.arena = m.backend->alloc(total);
   m.arena_rows = d.N;
@@ -205,115 +388,300 @@ void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
     return q;
   };
   m.res.assign(n_layer + 1, nullptr);
-  for (auto& r : m.res) r = take(N * d.C);
+  for (auto& r : m.res) r = take(Nl * d.C);
   m.acts.assign(sets, BlockActs{});
   for (auto& a : m.acts) {
     a.ln1 = take(N * d.C);
-    a.mean1 = take(N);
-    a.rstd1 = take(N);
+    a.mean1 = take(Nl);
+    a.rstd1 = take(Nl);
     a.qkv = take(N * d.QKV);
     a.att = take(N * d.HD);
     a.lse = take(lse);
-    a.mid = take(N * d.C);
+    a.mid = take(Nl * d.C);
     a.ln2 = take(N * d.C);
-    a.mean2 = take(N);
-    a.rstd2 = take(N);
+    a.mean2 = take(Nl);
+    a.rstd2 = take(Nl);
     a.fc = take(N * d.FC);
     a.act = take(N * d.F);
   }
   m.lnf = take(N * d.C);
-  m.meanf = take(N);
-  m.rstdf = take(N);
-  m.dres = take(N * d.C);
+  m.meanf = take(Nl);
+  m.rstdf = take(Nl);
+  m.dres = take(Nl * d.C);
   m.dln = take(N * d.C);
   m.datt = take(N * d.HD);
   m.dqkv = take(N * d.QKV);
   m.dfc = take(N * d.FC);
   m.dact = take(N * d.F);
+  m.full = m.tp ? take(N * d.C) : nullptr;
   if (size_t(p - m.arena) != total) {
     NURI_THROW(internal, "Model", "activation arena accounting is off by " << (p - m.arena) - total);
   }
 }
 
-void norm_forward(Backend& be, const Dims& d, float eps, float* out, float* mean, float* rstd,
-                  const float* inp, const float* w, const float* b) {
-  if (d.gpt2) {
-    be.layernorm_forward(out, mean, rstd, inp, w, b, d.N, d.C, eps);
-  } else {
-    be.rmsnorm_forward(out, rstd, inp, w, d.N, d.C, eps);
+// ---- tensor-parallel pieces (each is the plain single-process computation when m.tp is null) ----
+
+// Gradients that are partial sums on each TP rank (of rows under SP, or of the q heads of a
+// replicated kv head). partial_begin sets the accumulated values of `regions` aside and zeroes
+// them, so the backward writes only this micro-batch's part; partial_end sums the parts over the
+// ranks in the same slot (each rank writes its part to slot `slot` of `slots` of an all-reduce
+// buffer) and adds the accumulated values back.
+struct Region {
+  float* g;
+  size_t n;
+};
+
+void partial_begin(Model::Impl& m, std::vector<Region>& regions) {
+  m.snapshot.clear();
+  for (const Region& r : regions) {
+    m.snapshot.insert(m.snapshot.end(), r.g, r.g + r.n);
+    std::fill_n(r.g, r.n, 0.0f);
   }
 }
 
-void norm_backward(Backend& be, const Dims& d, float* dinp, float* dw, float* db, const float* dout,
-                   const float* inp, const float* w, const float* mean, const float* rstd) {
-  if (d.gpt2) {
-    be.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, d.N, d.C);
-  } else {
-    be.rmsnorm_backward(dinp, dw, dout, inp, w, rstd, d.N, d.C);
+void partial_end(Model::Impl& m, const std::vector<Region>& regions, int slot, int slots) {
+  const size_t total = m.snapshot.size();
+  m.slots.assign(total * size_t(slots), 0.0f);
+  float* mine = m.slots.data() + total * size_t(slot);
+  size_t k = 0;
+  for (const Region& r : regions) {
+    std::copy_n(r.g, r.n, mine + k);
+    k += r.n;
+  }
+  m.tp->all_reduce_sum(m.slots.data(), m.slots.size());
+  k = 0;
+  for (const Region& r : regions) {
+    for (size_t i = 0; i < r.n; ++i) r.g[i] = m.snapshot[k + i] + mine[k + i];
+    k += r.n;
   }
 }
 
-void block_forward(Backend& be, const Dims& d, const ModelConfig& cfg, const BlockParams& p,
-                   const BlockActs& a, const float* x, float* y) {
-  norm_forward(be, d, cfg.norm_eps, a.ln1, a.mean1, a.rstd1, x, p.ln1_w, p.ln1_b);
+// out (N,C) = norm of this rank's residual rows inp (Nl,C); under SP each rank normalizes its
+// rows into its slot of out and all-gathers, so out is the full (N,C) on every rank.
+void norm_forward(Model::Impl& m, Backend& be, const Dims& d, float eps, float* out, float* mean,
+                  float* rstd, const float* inp, const float* w, const float* b) {
+  float* mine = out + size_t(d.row0) * d.C;
+  if (d.gpt2) {
+    be.layernorm_forward(mine, mean, rstd, inp, w, b, d.Nl, d.C, eps);
+  } else {
+    be.rmsnorm_forward(mine, rstd, inp, w, d.Nl, d.C, eps);
+  }
+  if (m.sp) m.tp->all_gather(out, mine, size_t(d.Nl) * d.C);
+}
+
+// dln (N,C): this rank's part of dL/d(norm output) (under TP a column-parallel product's partial
+// input gradient, summed here over the group: all-reduce, or reduce-scatter of rows under SP).
+// Accumulates dL/d(norm input) into dres (Nl,C) and the weights' gradients dw (and db, which
+// follows dw in the buffer); under SP those are partial (this rank's rows) and summed too.
+void norm_backward(Model::Impl& m, Backend& be, const Dims& d, float* dres, float* dw, float* db,
+                   float* dln, const float* inp, const float* w, const float* mean,
+                   const float* rstd) {
+  const float* dout = dln;
+  std::vector<Region> weights;
+  if (m.tp) {
+    if (m.sp) {
+      float* mine = dln + size_t(d.row0) * d.C;
+      m.tp->reduce_scatter(mine, dln, size_t(d.Nl) * d.C);
+      dout = mine;
+      NURI_CHECK(!db || db == dw + d.C, internal, "Model", "a norm's bias does not follow its weight");
+      weights.push_back({dw, size_t(d.C) * (db ? 2 : 1)});
+      partial_begin(m, weights);
+    } else {
+      m.tp->all_reduce_sum(dln, size_t(d.N) * d.C);
+    }
+  }
+  if (d.gpt2) {
+    be.layernorm_backward(dres, dw, db, dout, inp, w, mean, rstd, d.Nl, d.C);
+  } else {
+    be.rmsnorm_backward(dres, dw, dout, inp, w, rstd, d.Nl, d.C);
+  }
+  if (!weights.empty()) partial_end(m, weights, 0, 1);
+}
+
+// y (Nl,C) = x (Nl,C) + inp (N,IC) W^T + b for a row-parallel W (this rank's columns): the
+// rank's product is a partial sum, completed over the group (all-reduce; under SP a
+// reduce-scatter of rows). The bias is added once, by rank 0.
+void row_parallel_forward(Model::Impl& m, Backend& be, const Dims& d, float* y, const float* x,
+                          const float* inp, const float* w, const float* b, int IC) {
+  const size_t n = size_t(d.Nl) * d.C;
+  const bool first = !m.tp || m.tp->rank() == 0;
+  if (!m.sp) {
+    if (first) {
+      be.copy(y, x, n);
+      be.linear_forward(y, inp, w, b, d.N, IC, d.C, true);
+    } else {
+      be.linear_forward(y, inp, w, nullptr, d.N, IC, d.C, false);
+    }
+    if (m.tp) m.tp->all_reduce_sum(y, n);
+    return;
+  }
+  be.linear_forward(m.full, inp, w, first ? b : nullptr, d.N, IC, d.C, false);
+  m.tp->reduce_scatter(y, m.full, n);
+  be.add(y, y, x, n);
+}
+
+// The residual gradient (Nl,C) as full rows (N,C): itself, or all-gathered under SP.
+const float* full_rows(Model::Impl& m, const Dims& d, const float* local) {
+  if (!m.sp) return local;
+  m.tp->all_gather(m.full, local, size_t(d.Nl) * d.C);
+  return m.full;
+}
+
+void embed_forward(Model::Impl& m, Backend& be, const Dims& d, const float* params,
+                   const int32_t* tokens) {
+  const float* wpe = Model::Impl::at(const_cast<float*>(params), m.wpe);
+  if (!m.tp) {
+    be.embedding_forward(m.res[0], tokens, params + m.wte, wpe, d.N, d.T, d.C);
+    return;
+  }
+  // Vocab-parallel: each rank embeds the tokens of its slice (others get -1: a zero row), rank 0
+  // adds the positions, and the sum over the group is the embedding.
+  m.local_tokens.resize(size_t(d.N));
+  for (int i = 0; i < d.N; ++i) {
+    const int32_t t = tokens[i] - m.vocab_start;
+    m.local_tokens[size_t(i)] = t >= 0 && t < d.V ? t : -1;
+  }
+  const bool first = m.tp->rank() == 0;
+  float* out = m.sp ? m.full : m.res[0];
+  be.embedding_forward(out, m.local_tokens.data(), params + m.wte, first ? wpe : nullptr, d.N, d.T, d.C);
+  if (m.sp) {
+    m.tp->reduce_scatter(m.res[0], m.full, size_t(d.Nl) * d.C);
+  } else {
+    m.tp->all_reduce_sum(m.res[0], size_t(d.N) * d.C);
+  }
+}
+
+void embed_backward(Model::Impl& m, Backend& be, const Dims& d, float* grads, const int32_t* tokens) {
+  const float* dy = full_rows(m, d, m.dres);
+  be.embedding_backward(grads + m.wte, Model::Impl::at(grads, m.wpe), dy,
+                        m.tp ? m.local_tokens.data() : tokens, d.N, d.T, d.C);
+}
+
+// Sum over rows with valid targets of the cross-entropy of logits = lnf W^T. With dx: dx (N,C) =
+// scale dloss/dx (under TP this rank's part, summed by the final norm's backward) and dw +=
+// scale dloss/dW. Under TP the vocabulary is split: per chunk of rows each rank computes its
+// logits (rows, V_r), their max, exp-sum and target logit; one all-reduce of the maxima and one
+// of the rescaled sums and target logits give every rank the full rows' log-sum-exp.
+double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* dw, const float* w,
+                 const int32_t* targets, float scale) {
+  if (!m.tp) return be.lm_head_cross_entropy(dx, dw, m.lnf, w, targets, d.N, d.C, d.V, scale);
+  const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(d.N), kLmHeadChunkFloats / size_t(d.V))));
+  const size_t rows_max = size_t(std::min(chunk, d.N));
+  if (m.head_logits_floats < rows_max * d.V) {
+    if (m.head_logits) be.free(m.head_logits);
+    m.head_logits_floats = rows_max * d.V;
+    m.head_logits = be.alloc(m.head_logits_floats);
+  }
+  m.head_stats.resize(6 * rows_max);
+  float* logits = m.head_logits;
+  float *mx = m.head_stats.data(), *sum = mx + rows_max, *tl = sum + rows_max, *gmax = tl + rows_max,
+        *pack = gmax + rows_max;  // pack: 2 rows_max (sums, target logits), then lse reuses gmax
+  double loss = 0;
+  for (int n0 = 0; n0 < d.N; n0 += chunk) {
+    const int rows = std::min(chunk, d.N - n0);
+    const float* x = m.lnf + size_t(n0) * d.C;
+    be.gemm(false, true, rows, d.V, d.C, 1.0f, x, d.C, w, d.C, 0.0f, logits, d.V);
+    be.cross_entropy_partial(mx, sum, tl, logits, targets + n0, rows, d.V, m.vocab_start);
+    std::copy_n(mx, rows, gmax);
+    m.tp->all_reduce_max(gmax, size_t(rows));
+    for (int i = 0; i < rows; ++i) {
+      pack[i] = sum[i] * std::exp(mx[i] - gmax[i]);
+      pack[rows + i] = tl[i];
+    }
+    m.tp->all_reduce_sum(pack, 2 * size_t(rows));
+    float* lse = gmax;  // overwrites the maxima, row by row
+    for (int i = 0; i < rows; ++i) {
+      const double row_lse = double(gmax[i]) + std::log(double(pack[i]));
+      if (targets[n0 + i] >= 0) loss += row_lse - double(pack[rows + i]);
+      lse[i] = float(row_lse);
+    }
+    if (!dx) continue;
+    be.cross_entropy_partial_backward(logits, lse, targets + n0, rows, d.V, m.vocab_start, scale);
+    be.gemm(false, false, rows, d.C, d.V, 1.0f, logits, d.V, w, d.C, 0.0f, dx + size_t(n0) * d.C, d.C);
+    if (dw) be.gemm(true, false, d.V, d.C, rows, 1.0f, logits, d.V, x, d.C, 1.0f, dw, d.C);
+  }
+  return loss;
+}
+
+void block_forward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig& cfg,
+                   const BlockParams& p, const BlockActs& a, const float* x, float* y) {
+  norm_forward(m, be, d, cfg.norm_eps, a.ln1, a.mean1, a.rstd1, x, p.ln1_w, p.ln1_b);
   be.linear_forward(a.qkv, a.ln1, p.qkv_w, p.qkv_b, d.N, d.C, d.QKV, false);
   if (!d.gpt2) {
     be.rope(a.qkv, d.B, d.T, d.H, d.D, d.QKV, cfg.rope_theta, false);
     be.rope(a.qkv + size_t(d.H) * d.D, d.B, d.T, d.KV, d.D, d.QKV, cfg.rope_theta, false);
   }
   be.attention_forward(a.att, a.lse, a.qkv, d.B, d.T, d.H, d.KV, d.D);
-  be.copy(a.mid, x, size_t(d.N) * d.C);
-  be.linear_forward(a.mid, a.att, p.proj_w, p.proj_b, d.N, d.HD, d.C, true);
-  norm_forward(be, d, cfg.norm_eps, a.ln2, a.mean2, a.rstd2, a.mid, p.ln2_w, p.ln2_b);
+  row_parallel_forward(m, be, d, a.mid, x, a.att, p.proj_w, p.proj_b, d.HD);
+  norm_forward(m, be, d, cfg.norm_eps, a.ln2, a.mean2, a.rstd2, a.mid, p.ln2_w, p.ln2_b);
   be.linear_forward(a.fc, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC, false);
   if (d.gpt2) {
     be.gelu_forward(a.act, a.fc, size_t(d.N) * d.F);
   } else {
     be.swiglu_forward(a.act, a.fc, d.N, d.F);
   }
-  be.copy(y, a.mid, size_t(d.N) * d.C);
-  be.linear_forward(y, a.act, p.mlp_proj_w, p.mlp_proj_b, d.N, d.F, d.C, true);
+  row_parallel_forward(m, be, d, y, a.mid, a.act, p.mlp_proj_w, p.mlp_proj_b, d.F);
 }
 
-// dres (N,C): on entry dL/d(block output), on exit dL/d(block input).
-void block_backward(Backend& be, const Dims& d, const ModelConfig& cfg, const BlockParams& p,
-                    const BlockParams& g, const BlockActs& a, const float* x, Model::Impl& m) {
-  be.linear_backward(m.dact, g.mlp_proj_w, g.mlp_proj_b, m.dres, a.act, p.mlp_proj_w, d.N, d.F, d.C);
+// dres (Nl,C): on entry dL/d(block output), on exit dL/d(block input).
+void block_backward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig& cfg,
+                    const BlockParams& p, const BlockParams& g, const BlockActs& a, const float* x) {
+  be.linear_backward(m.dact, g.mlp_proj_w, g.mlp_proj_b, full_rows(m, d, m.dres), a.act, p.mlp_proj_w,
+                     d.N, d.F, d.C);
   if (d.gpt2) {
     be.gelu_backward(m.dfc, a.fc, m.dact, size_t(d.N) * d.F);
   } else {
     be.swiglu_backward(m.dfc, a.fc, m.dact, d.N, d.F);
   }
   be.linear_backward(m.dln, g.fc_w, g.fc_b, m.dfc, a.ln2, p.fc_w, d.N, d.C, d.FC);
-  norm_backward(be, d, m.dres, g.ln2_w, g.ln2_b, m.dln, a.mid, p.ln2_w, a.mean2, a.rstd2);
-  be.linear_backward(m.datt, g.proj_w, g.proj_b, m.dres, a.att, p.proj_w, d.N, d.HD, d.C);
+  norm_backward(m, be, d, m.dres, g.ln2_w, g.ln2_b, m.dln, a.mid, p.ln2_w, a.mean2, a.rstd2);
+  be.linear_backward(m.datt, g.proj_w, g.proj_b, full_rows(m, d, m.dres), a.att, p.proj_w, d.N, d.HD, d.C);
   be.attention_backward(m.dqkv, m.datt, a.qkv, a.att, a.lse, d.B, d.T, d.H, d.KV, d.D);
   if (!d.gpt2) {
     be.rope(m.dqkv, d.B, d.T, d.H, d.D, d.QKV, cfg.rope_theta, true);
     be.rope(m.dqkv + size_t(d.H) * d.D, d.B, d.T, d.KV, d.D, d.QKV, cfg.rope_theta, true);
   }
+  // A kv head replicated over several ranks gets a part of its gradient from each (from the
+  // q heads each rank holds): the k and v rows of the weight (and bias) are summed over them.
+  std::vector<Region> kv;
+  if (m.kv_shared) {
+    const size_t q_rows = size_t(d.H) * d.D, kv_rows = 2 * size_t(d.KV) * d.D;
+    kv.push_back({g.qkv_w + q_rows * d.C, kv_rows * d.C});
+    if (g.qkv_b) kv.push_back({g.qkv_b + q_rows, kv_rows});
+    partial_begin(m, kv);
+  }
   be.linear_backward(m.dln, g.qkv_w, g.qkv_b, m.dqkv, a.ln1, p.qkv_w, d.N, d.C, d.QKV);
-  norm_backward(be, d, m.dres, g.ln1_w, g.ln1_b, m.dln, x, p.ln1_w, a.mean1, a.rstd1);
+  if (m.kv_shared) partial_end(m, kv, m.kv_slot, m.kv_slots);
+  norm_backward(m, be, d, m.dres, g.ln1_w, g.ln1_b, m.dln, x, p.ln1_w, a.mean1, a.rstd1);
 }
 
-}  // namespace
-
-namespace {
-Dims make_dims(const ModelConfig& c, int B, int T) {
+Dims make_dims(const ModelConfig& c, const Model::Impl& m, int B, int T) {
   Dims d;
   d.B = B;
   d.T = T;
   d.N = B * T;
   d.C = c.d_model;
-  d.H = c.n_head;
-  d.KV = c.n_kv_head;
+  d.H = m.H;
+  d.KV = m.KV;
   d.D = c.head_dim();
   d.QKV = (d.H + 2 * d.KV) * d.D;
   d.HD = d.H * d.D;
-  d.F = c.d_ff;
+  d.F = m.F;
   d.gpt2 = c.family == "gpt2";
   d.FC = d.gpt2 ? d.F : 2 * d.F;
-  d.V = c.vocab_size;
+  d.V = m.V;
+  d.V_full = c.vocab_size;
+  d.Nl = d.N;
+  d.row0 = 0;
+  if (m.sp) {
+    const int p = m.tp->size();
+    NURI_CHECK(d.N % p == 0, shape, "Model::forward",
+               "sequence parallelism splits the B*T = " << B << " x " << T << " = " << d.N
+                   << " rows over tp = " << p << " ranks, which does not divide them; choose a batch size or "
+                   << "sequence length whose product tp divides, or set parallel.sequence_parallel = false");
+    d.Nl = d.N / p;
+    d.row0 = m.tp->rank() * d.Nl;
+  }
   return d;
 }
 
@@ -328,26 +696,27 @@ void check_inputs(const ModelConfig& c, const int32_t* tokens, int B, int T) {
                         << c.vocab_size << "); the tokenizer and model.vocab_size disagree");
   }
 }
-}  // namespace
 
-// Runs embedding and all blocks; leaves the final norm output in impl.lnf.
+// Runs embedding and all blocks; leaves the final norm output (N,C) in impl.lnf.
 // keep_all: keep every block's activations (for a backward without recompute).
-static void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params,
-                          const Dims& d, const int32_t* tokens, bool keep_all) {
+void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params,
+                   const Dims& d, const int32_t* tokens, bool keep_all) {
   ensure_arena(m, d, keep_all ? cfg.n_layer : 1, cfg.n_layer);
-  be.embedding_forward(m.res[0], tokens, params + m.wte, Model::Impl::at(params, m.wpe), d.N, d.T, d.C);
+  embed_forward(m, be, d, params, tokens);
   for (int l = 0; l < cfg.n_layer; ++l) {
-    block_forward(be, d, cfg, m.view(params, l), m.acts[keep_all ? l : 0], m.res[l], m.res[l + 1]);
+    block_forward(m, be, d, cfg, m.view(params, l), m.acts[keep_all ? l : 0], m.res[l], m.res[l + 1]);
   }
-  norm_forward(be, d, cfg.norm_eps, m.lnf, m.meanf, m.rstdf, m.res[cfg.n_layer], params + m.lnf_w,
+  norm_forward(m, be, d, cfg.norm_eps, m.lnf, m.meanf, m.rstdf, m.res[cfg.n_layer], params + m.lnf_w,
                Model::Impl::at(params, m.lnf_b));
 }
+
+}  // namespace
 
 float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                               float grad_scale) {
   check_inputs(cfg_, tokens, B, T);
-  const Dims d = make_dims(cfg_, B, T);
   Impl& m = *impl_;
+  const Dims d = make_dims(cfg_, m, B, T);
   const bool keep_all = !cfg_.recompute;
   forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
 
@@ -367,44 +736,51 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
     while (next_ready < grad_ready_order_.size()) grads_ready();
     return 0.0f;
   }
-  // Loss head: fused LM head + cross-entropy writes dL/d(lnf) into dln and accumulates dW_head.
-  const double loss_sum = backend_.lm_head_cross_entropy(m.dln, grads_ + m.head, m.lnf,
-                                                         params_ + m.head, targets, d.N, d.C, d.V,
-                                                         grad_scale / float(valid));
-  backend_.zero(m.dres, size_t(d.N) * d.C);
-  norm_backward(backend_, d, m.dres, grads_ + m.lnf_w, Impl::at(grads_, m.lnf_b), m.dln,
+  // Loss head: LM head + cross-entropy writes dL/d(lnf) into dln and accumulates dW_head.
+  const double loss_sum = head_loss(m, backend_, d, m.dln, grads_ + m.head, params_ + m.head, targets,
+                                    grad_scale / float(valid));
+  backend_.zero(m.dres, size_t(d.Nl) * d.C);
+  norm_backward(m, backend_, d, m.dres, grads_ + m.lnf_w, Impl::at(grads_, m.lnf_b), m.dln,
                 m.res[cfg_.n_layer], params_ + m.lnf_w, m.meanf, m.rstdf);
   grads_ready();  // final norm (+ untied LM head)
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const BlockParams p = m.view(params_, l);
-    if (!keep_all) block_forward(backend_, d, cfg_, p, m.acts[0], m.res[l], m.res[l + 1]);
-    block_backward(backend_, d, cfg_, p, m.view(grads_, l), m.acts[keep_all ? l : 0], m.res[l], m);
+    if (!keep_all) block_forward(m, backend_, d, cfg_, p, m.acts[0], m.res[l], m.res[l + 1]);
+    block_backward(m, backend_, d, cfg_, p, m.view(grads_, l), m.acts[keep_all ? l : 0], m.res[l]);
     grads_ready();  // block l
   }
-  backend_.embedding_backward(grads_ + m.wte, Impl::at(grads_, m.wpe), m.dres, tokens, d.N, d.T, d.C);
+  embed_backward(m, backend_, d, grads_, tokens);
   grads_ready();  // embeddings (and the tied LM head)
   return float(loss_sum / double(valid));
 }
 
 float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
-  const Dims d = make_dims(cfg_, B, T);
   Impl& m = *impl_;
+  const Dims d = make_dims(cfg_, m, B, T);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
   if (valid == 0) return 0.0f;
-  const double loss_sum = backend_.lm_head_cross_entropy(nullptr, nullptr, m.lnf, params_ + m.head,
-                                                         targets, d.N, d.C, d.V, 1.0f);
+  const double loss_sum = head_loss(m, backend_, d, nullptr, nullptr, params_ + m.head, targets, 1.0f);
   return float(loss_sum / double(valid));
 }
 
 void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
-  const Dims d = make_dims(cfg_, B, T);
   Impl& m = *impl_;
+  const Dims d = make_dims(cfg_, m, B, T);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
-  backend_.lm_head_logits(logits, m.lnf, params_ + m.head, d.N, d.C, d.V);
+  if (!m.tp) {
+    backend_.lm_head_logits(logits, m.lnf, params_ + m.head, d.N, d.C, d.V);
+    return;
+  }
+  // Each rank writes its vocabulary columns of the zeroed (N, V) logits; the sum is every column.
+  const size_t all = size_t(d.N) * d.V_full;
+  backend_.zero(logits, all);
+  backend_.gemm(false, true, d.N, d.V, d.C, 1.0f, m.lnf, d.C, params_ + m.head, d.C, 0.0f,
+                logits + m.vocab_start, d.V_full);
+  m.tp->all_reduce_sum(logits, all);
 }
 
 }  // namespace nuri

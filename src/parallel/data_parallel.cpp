@@ -106,6 +106,23 @@ DataParallel::DataParallel(Model& model, Backend& backend, const OptimConfig& op
     rank_ = comm_->rank();
   }
   zero1_ = options.zero1 && size_ > 1;
+  if (options.tp && options.tp->size() > 1) {
+    NURI_CHECK(model_.tp_size() == options.tp->size(), config, "DataParallel",
+               "the TP group has " << options.tp->size() << " ranks but the model was built for tp = "
+                                   << model_.tp_size());
+    tp_ = options.tp;
+    for (const ParamTensor& t : model_.tensors()) {
+      for (const ShardPiece& pc : t.pieces) {
+        if (pc.replicas <= 1) continue;
+        NURI_CHECK(t.dim == 0, internal, "DataParallel", "a replicated piece along columns in " << t.name);
+        const size_t inner = t.numel / size_t(t.shape[0]);
+        const size_t begin = t.offset + size_t(pc.local_start) * inner;
+        replicated_.push_back({begin, begin + size_t(pc.length) * inner, 1.0 / pc.replicas});
+      }
+    }
+    std::sort(replicated_.begin(), replicated_.end(),
+              [](const Replicated& a, const Replicated& b) { return a.begin < b.begin; });
+  }
 
   // Buckets along the backward order: whole layers, closed once they reach bucket_mb.
   const std::vector<ParamRange>& order = model_.grad_ready_order();
@@ -214,8 +231,31 @@ float DataParallel::forward_backward(const int32_t* tokens, const int32_t* targe
   return loss;
 }
 
+// Sum of squares of grads()[offset, offset + count), a piece replicated over r TP ranks weighted 1/r.
+double DataParallel::norm_sum_squares(size_t offset, size_t count) const {
+  const float* g = model_.grads();
+  double sum = 0;
+  size_t at = offset;
+  const size_t end = offset + count;
+  for (const Replicated& r : replicated_) {
+    if (r.end <= at) continue;
+    if (r.begin >= end) break;
+    if (r.begin > at) sum += backend_.sum_squares(g + at, r.begin - at);
+    const size_t b = std::max(at, r.begin), e = std::min(end, r.end);
+    sum += r.weight * backend_.sum_squares(g + b, e - b);
+    at = e;
+  }
+  if (at < end) sum += backend_.sum_squares(g + at, end - at);
+  return sum;
+}
+
 DataParallel::Reduced DataParallel::reduce(double local_loss) {
-  if (size_ == 1) return {local_loss, optimizer_->grad_norm()};
+  if (size_ == 1 && !tp_) return {local_loss, optimizer_->grad_norm()};
+  if (size_ == 1) {  // tensor parallel only: the loss is the same on every TP rank
+    double sum = norm_sum_squares(0, model_.num_params());
+    tp_->all_reduce(&sum, 1, ReduceOp::sum);
+    return {local_loss, std::sqrt(sum)};
+  }
   ++stats_.steps;
   const Clock::time_point wait_start = Clock::now();
   while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_, false);
@@ -225,10 +265,10 @@ DataParallel::Reduced DataParallel::reduce(double local_loss) {
   const Clock::time_point waited = Clock::now();
   // The norm of the averaged gradient: each rank's blocks (all it holds reduced under ZeRO-1;
   // a disjoint cover in both modes), summed over ranks with the loss in one all-reduce.
-  for (const GradBucket& b : buckets_)
-    sums[1] += backend_.sum_squares(model_.grads() + b.offset + b.owned.offset, b.owned.count);
+  for (const GradBucket& b : buckets_) sums[1] += norm_sum_squares(b.offset + b.owned.offset, b.owned.count);
   const Clock::time_point summed = Clock::now();
   comm_->all_reduce(sums, 2, ReduceOp::sum);
+  if (tp_) tp_->all_reduce(&sums[1], 1, ReduceOp::sum);  // every TP rank's slices
   const Clock::time_point end = Clock::now();
   stats_.exposed_s += seconds_between(wait_start, waited) + seconds_between(summed, end);
   stats_.comm_s += impl_->drain() + seconds_between(summed, end);

@@ -8,6 +8,7 @@
 
 #include "nuri/backend.hpp"
 #include "nuri/error.hpp"
+#include "nuri/timer.hpp"
 
 namespace nuri {
 
@@ -35,6 +36,77 @@ float* alloc_at_least_one(Backend& backend, size_t count) {
 }
 
 }  // namespace
+
+// ---- the model's collectives --------------------------------------------------------------------
+
+namespace {
+class CommTensorParallelOps final : public TensorParallelOps {
+ public:
+  explicit CommTensorParallelOps(std::shared_ptr<Communicator> tp) : tp_(std::move(tp)) {}
+  int size() const override { return tp_->size(); }
+  int rank() const override { return tp_->rank(); }
+  void all_reduce_sum(float* x, size_t count) override {
+    timed(count, [&] { tp_->all_reduce(x, count, ReduceOp::sum); });
+  }
+  void all_reduce_max(float* x, size_t count) override {
+    timed(count, [&] { tp_->all_reduce(x, count, ReduceOp::max); });
+  }
+  void all_gather(float* full, const float* part, size_t count) override {
+    const size_t total = count * size_t(tp_->size());
+    timed(total, [&] { tp_->all_gather(part, full, total); });
+  }
+  void reduce_scatter(float* part, const float* full, size_t count) override {
+    const size_t total = count * size_t(tp_->size());
+    timed(total, [&] { tp_->reduce_scatter(full, part, total, ReduceOp::sum); });
+  }
+  Stats stats() const override { return stats_; }
+  void reset_stats() override { stats_ = {}; }
+
+ private:
+  template <class Fn>
+  void timed(size_t count, Fn&& fn) {
+    Timer t;
+    fn();
+    stats_.seconds += t.seconds();
+    stats_.bytes += double(count) * sizeof(float);
+    ++stats_.calls;
+  }
+  std::shared_ptr<Communicator> tp_;
+  Stats stats_;
+};
+}  // namespace
+
+std::shared_ptr<TensorParallelOps> make_tensor_parallel_ops(std::shared_ptr<Communicator> tp) {
+  NURI_CHECK(tp != nullptr, config, "make_tensor_parallel_ops", "the TP communicator is null");
+  return std::make_shared<CommTensorParallelOps>(std::move(tp));
+}
+
+std::vector<float> gather_full_parameters(const Model& model) {
+  const std::vector<ParamTensor> full_layout = parameter_layout(model.config());
+  const ParamTensor& last = full_layout.back();
+  std::vector<float> full(last.offset + last.numel, 0.0f);
+  const std::vector<ParamTensor>& local = model.tensors();
+  NURI_CHECK(local.size() == full_layout.size(), internal, "gather_full_parameters",
+             "the model has " << local.size() << " tensors but its full layout " << full_layout.size());
+  TensorParallelOps* tp = model.tp_ops();
+  for (size_t i = 0; i < local.size(); ++i) {
+    // Every rank writes the pieces it is the first holder of into zeros; the sum is the tensor.
+    place_into_full(local[i], model.params() + local[i].offset, full.data() + full_layout[i].offset,
+                    tp ? model.tp_rank() : -1);
+  }
+  if (tp) tp->all_reduce_sum(full.data(), full.size());
+  return full;
+}
+
+void load_full_parameters(Model& model, const float* full, size_t count) {
+  const std::vector<ParamTensor> full_layout = parameter_layout(model.config());
+  const size_t want = full_layout.back().offset + full_layout.back().numel;
+  NURI_CHECK(count == want, shape, "load_full_parameters",
+             "got " << count << " parameters but the full " << model.config().family << " model has " << want);
+  const std::vector<ParamTensor>& local = model.tensors();
+  for (size_t i = 0; i < local.size(); ++i)
+    slice_from_full(local[i], full + full_layout[i].offset, model.params() + local[i].offset);
+}
 
 // ---- primitives ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@
 #include "nuri/backend.hpp"
 #include "nuri/error.hpp"
 #include "nuri/model.hpp"
+#include "nuri/tensor_parallel.hpp"
 #include "nuri/train.hpp"
 
 namespace nuri {
@@ -85,13 +86,20 @@ Header read_header(std::ifstream& in, const std::string& path) {
 }  // namespace
 
 void save_model(const std::string& path, const Model& model) {
+  NURI_CHECK(model.tp_size() == 1, internal, "save model",
+             "a tensor-parallel model holds slices; gather_full_parameters on every TP rank, then save "
+             "the full parameters with save_model(path, config, params, count)");
+  save_model(path, model.config(), model.params(), model.num_params());
+}
+
+void save_model(const std::string& path, const ModelConfig& config, const float* params, size_t count) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     NURI_CHECK(out.good(), io, "save model", "cannot write '" << tmp << "'");
-    const std::string text = to_json(model.config()).dump();
-    const uint64_t json_bytes = text.size(), n = model.num_params();
-    const float* p = model.params();  // host memory on the CPU backend
+    const std::string text = to_json(config).dump();
+    const uint64_t json_bytes = text.size(), n = count;
+    const float* p = params;  // host memory
     const uint64_t checksum = XXH64(p, n * sizeof(float), 0);
     out.write(kMagic, 8);
     out.write(reinterpret_cast<const char*>(&json_bytes), 8);
@@ -114,9 +122,12 @@ ModelConfig read_model_config(const std::string& path) {
 void load_model_weights(const std::string& path, Model& model) {
   std::ifstream in(path, std::ios::binary);
   Header h = read_header(in, path);
-  NURI_CHECK(h.num_params == model.num_params(), io, "load model",
+  // A tensor-parallel model loads its slices of the full parameters the file holds.
+  const std::vector<ParamTensor> full_layout = parameter_layout(model.config());
+  const uint64_t full_count = full_layout.back().offset + full_layout.back().numel;
+  NURI_CHECK(h.num_params == full_count, io, "load model",
              "'" << path << "' holds " << h.num_params << " parameters but the model has "
-                 << model.num_params());
+                 << full_count);
   std::vector<float> host(h.num_params);
   uint64_t checksum = 0;
   in.read(reinterpret_cast<char*>(host.data()), std::streamsize(h.num_params * 4));
@@ -124,7 +135,11 @@ void load_model_weights(const std::string& path, Model& model) {
   NURI_CHECK(in.good(), io, "load model", "'" << path << "' is truncated");
   NURI_CHECK(XXH64(host.data(), host.size() * 4, 0) == checksum, io, "load model",
              "'" << path << "' fails its checksum: the file is corrupt");
-  std::memcpy(model.params(), host.data(), host.size() * 4);
+  if (model.tp_size() > 1) {
+    load_full_parameters(model, host.data(), host.size());
+  } else {
+    std::memcpy(model.params(), host.data(), host.size() * 4);
+  }
 }
 
 }  // namespace nuri

@@ -15,6 +15,7 @@
 #include "nuri/error.hpp"
 #include "nuri/log.hpp"
 #include "nuri/model.hpp"
+#include "nuri/tensor_parallel.hpp"
 #include "nuri/optim.hpp"
 #include "nuri/parallel.hpp"
 #include "nuri/shards.hpp"
@@ -131,23 +132,18 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   std::unique_ptr<ProcessGrid> grid;
   if (world) {
     grid = std::make_unique<ProcessGrid>(world, pc.tp, pc.dp);
-    NURI_CHECK(pc.tp == 1, config, "train",
-               "parallel.tp = " << pc.tp << ": tensor parallelism is not built yet; set parallel.tp = 1 "
-                                << "(the " << world->size() << " rank(s) then train data-parallel, parallel.dp = "
-                                << world->size() << ")");
   } else {
     const long ranks = long(pc.tp) * std::max(pc.dp, 1);
     NURI_CHECK(ranks == 1, config, "train",
                "parallel.tp = " << pc.tp << " x parallel.dp = " << std::max(pc.dp, 1) << " asks for " << ranks
                                 << " ranks, but this training runs in one process; launch it with `mpirun -np "
                                 << ranks << " nuri train ...` (a library caller passes the world communicator to "
-                                << "nuri::train), or set parallel.tp = 1 and parallel.dp = 0"
-                                << (pc.tp > 1 ? "; tensor parallelism is not built yet, so parallel.tp must be 1 "
-                                                "for now" : ""));
+                                << "nuri::train), or set parallel.tp = 1 and parallel.dp = 0");
   }
   Communicator* world_comm = grid ? &grid->world() : nullptr;
   const std::shared_ptr<Communicator> dp_comm = grid ? grid->dp_ptr() : nullptr;
   const int dp_size = grid ? grid->dp_size() : 1, dp_rank = grid ? grid->dp_rank() : 0;
+  const int tp_size = grid ? grid->tp_size() : 1;
   const bool lead = !grid || grid->world_rank() == 0;  // prints and writes the run directory
   if (grid) grid->print();
   const int threads = tc.threads > 0 ? tc.threads : grid ? grid->threads_per_rank() : 0;
@@ -249,11 +245,24 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
       NURI_WARN("optim.warmup_steps (" << cfg.optim.warmup_steps << ") >= train.steps (" << tc.steps
                 << "): the learning rate never reaches optim.lr = " << cfg.optim.lr);
     }
+    // Tensor parallelism: the heads, MLP and vocabulary must split over tp (throws saying how).
+    if (tp_size > 1) {
+      parameter_layout(cfg.model, tp_size, 0);
+      NURI_CHECK(!pc.sequence_parallel || (tc.batch_size * tc.seq_len) % tp_size == 0, config, "train",
+                 "parallel.sequence_parallel splits train.batch_size x train.seq_len = " << tc.batch_size << " x "
+                     << tc.seq_len << " rows over parallel.tp = " << tp_size
+                     << ", which does not divide them; change the batch size or sequence length, or turn it off");
+    } else if (pc.sequence_parallel && lead) {
+      NURI_WARN("parallel.sequence_parallel has no effect with parallel.tp = 1");
+    }
     // Refuse a run that cannot fit rather than let the kernel's OOM killer end it without a word.
     // ZeRO-1 keeps 1/dp of the AdamW moments on each rank.
+    // Tensor parallelism splits the parameter state about tp ways (norms and biases are replicated);
+    // activations are counted whole (an upper bound: the TP-split ones shrink too).
     const MemoryEstimate estimate = estimate_memory(cfg.model, tc.batch_size, tc.seq_len);
     const double adam_saved = pc.zero1 && dp_size > 1 ? estimate.adam_bytes * (1.0 - 1.0 / dp_size) : 0.0;
-    need_mib = (estimate.total(cfg.model.recompute) - adam_saved) / 1048576.0;
+    const double state = estimate.params_bytes + estimate.grads_bytes + estimate.adam_bytes - adam_saved;
+    need_mib = (estimate.total(cfg.model.recompute) - adam_saved - state * (1.0 - 1.0 / tp_size)) / 1048576.0;
     // The ranks on this node share its memory.
     const double available = available_memory_bytes();
     const int local_ranks = grid ? grid->local_size() : 1;
@@ -273,11 +282,17 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
       text_loader->next(inputs, targets);
     }
   };
-  Model model(cfg.model, *backend);
-  model.init_weights(tc.seed);
+  TensorParallelOptions tp_options;
+  if (tp_size > 1) {
+    tp_options.ops = make_tensor_parallel_ops(grid->tp_ptr());
+    tp_options.sequence_parallel = pc.sequence_parallel;
+  }
+  Model model(cfg.model, *backend, tp_options);
+  model.init_weights(tc.seed);  // the full tensors of one process, sliced under TP
   DataParallelOptions dp_options;
   dp_options.zero1 = pc.zero1;
   dp_options.bucket_mb = pc.bucket_mb;
+  if (tp_size > 1) dp_options.tp = grid->tp_ptr();
   DataParallel engine(model, *backend, cfg.optim, dp_comm, dp_options);
   engine.broadcast_parameters();  // replicas start identical whatever the initialisation did
 
@@ -291,8 +306,18 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   NURI_INFO("nuri: " << cfg.model.family << " model (" << cfg.model.preset << " base), "
                      << cfg.model.n_layer << " layers, d_model " << cfg.model.d_model << ", "
                      << cfg.model.n_head << " heads (" << cfg.model.n_kv_head << " kv), vocab "
-                     << cfg.model.vocab_size << ": " << with_commas(double(model.num_params()))
-                     << " parameters");
+                     << cfg.model.vocab_size << ": " << with_commas(double(cfg.model.num_params()))
+                     << " parameters"
+                     << (tp_size > 1 ? " (" + with_commas(double(model.num_params())) + " on each TP rank)" : std::string()));
+  if (tp_size > 1) {
+    NURI_INFO("tensor parallel: " << tp_size << " ranks per model replica; each holds " << cfg.model.n_head / tp_size
+                                  << " of " << cfg.model.n_head << " heads, "
+                                  << (cfg.model.n_kv_head % tp_size == 0
+                                          ? std::to_string(cfg.model.n_kv_head / tp_size) + " kv head(s)"
+                                          : "1 kv head replicated over " + std::to_string(tp_size / cfg.model.n_kv_head) + " ranks")
+                                  << ", ~1/" << tp_size << " of the MLP and of the vocabulary (vocab-parallel loss)"
+                                  << (pc.sequence_parallel ? "; sequence parallel norm regions" : ""));
+  }
   NURI_INFO("data: " << with_commas(double(train_stream.size())) << " training and "
                      << with_commas(double(val.size())) << " validation tokens ("
                      << tokenizer->name() << " tokenizer) from "
@@ -319,7 +344,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
                     << " tokens (batch " << tc.batch_size << " x seq " << tc.seq_len << " x accum "
                     << tc.grad_accum << (dp_size > 1 ? " x dp " + std::to_string(dp_size) : std::string())
                     << "), estimated memory " << std::lround(need_mib) << " MiB"
-                    << (dp_size > 1 ? " per rank" : ""));
+                    << (dp_size * tp_size > 1 ? " per rank" : ""));
   if (dp_size > 1) {
     const double bucket_mib = double(engine.buckets().front().count) * 4 / 1048576.0;
     char line[200];
@@ -354,8 +379,10 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   int timed_steps = 0;
   int skips_in_row = 0;
   bool warned_mfu = false;
+  // Under TP sampling is collective (each rank holds a slice of the vocabulary), so every rank
+  // samples with the same seed and gets the same text; rank 0 prints it.
   auto do_sample = [&](int step) {
-    if (tc.sample_tokens <= 0 || !lead) return std::string();
+    if (tc.sample_tokens <= 0 || (!lead && tp_size == 1)) return std::string();
     SampleOptions so;
     so.max_tokens = tc.sample_tokens;
     so.temperature = tc.sample_temperature;
@@ -365,7 +392,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     const std::vector<int32_t> prompt = tokenizer->encode(tc.sample_prompt);
     const std::string text = sanitize_utf8(tc.sample_prompt + tokenizer->decode(sample(model, prompt, so, tokenizer->eot_id())));
     NURI_INFO("sample at step " << step << ":\n" << text << "\n");
-    return text;
+    return lead ? text : std::string();
   };
 
   for (int step = 0; step < tc.steps; ++step) {
@@ -412,7 +439,10 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
       timed_seconds += dt;
       ++timed_steps;
     }
-    if (step == 0 && tc.steps > 1) engine.reset_stats();  // the first step warms up
+    if (step == 0 && tc.steps > 1) {  // the first step warms up
+      engine.reset_stats();
+      if (tp_options.ops) tp_options.ops->reset_stats();
+    }
     const double tok_s = double(tokens_per_step) / dt;
     const double mfu = flops_per_token * tok_s / (peak * 1e9);
     if (mfu > 1.0 && !warned_mfu && lead) {
@@ -462,7 +492,21 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     result.comm_s = ds.comm_s / ds.steps;
     result.exposed_comm_s = ds.exposed_s / ds.steps;
   }
-  result.compute_s = result.step_s - result.exposed_comm_s;
+  if (tp_options.ops && timed_steps > 0) {
+    // TP collectives block the step: all of their time is exposed. (Evaluation's are included.)
+    const TensorParallelOps::Stats ts = tp_options.ops->stats();
+    result.tp_comm_s = ts.seconds / timed_steps;
+    result.tp_comm_bytes = ts.bytes / timed_steps;
+  }
+  result.compute_s = result.step_s - result.exposed_comm_s - result.tp_comm_s;
+  result.tp = tp_size;
+  if (tp_size > 1) {
+    char line[240];
+    std::snprintf(line, sizeof line,
+                  "tensor parallel: per step %.1f ms in TP collectives (%.2f MB per rank, all exposed)",
+                  1e3 * result.tp_comm_s, result.tp_comm_bytes / 1e6);
+    NURI_INFO(line);
+  }
   if (dp_size > 1) {
     char line[320];
     std::snprintf(line, sizeof line,
@@ -474,8 +518,10 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
                   ds.steps ? double(ds.buckets_started_in_backward) / ds.steps : 0.0, engine.buckets().size());
     NURI_INFO(line);
   }
-  if (lead && dp_size > 1) {
-    metrics << nlohmann::json{{"type", "parallel"}, {"world", grid ? grid->world_size() : 1}, {"tp", 1},
+  if (lead && dp_size * tp_size > 1) {
+    metrics << nlohmann::json{{"type", "parallel"}, {"world", grid ? grid->world_size() : 1}, {"tp", tp_size},
+                              {"sequence_parallel", tp_size > 1 && pc.sequence_parallel},
+                              {"tp_comm_s", result.tp_comm_s}, {"tp_comm_bytes", result.tp_comm_bytes},
                               {"dp", dp_size}, {"zero1", engine.zero1()}, {"buckets", engine.buckets().size()},
                               {"bucket_mb", pc.bucket_mb}, {"timed_steps", timed_steps},
                               {"step_s", result.step_s}, {"compute_s", result.compute_s},
@@ -495,7 +541,12 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   if (tc.save) {
     result.model_path = tc.run_dir + "/model.bin";
     NURI_INFO("saving the model to " << result.model_path);
-    if (lead) save_model(result.model_path, model);
+    if (tp_size > 1) {
+      const std::vector<float> full = gather_full_parameters(model);  // collective over TP
+      if (lead) save_model(result.model_path, cfg.model, full.data(), full.size());
+    } else if (lead) {
+      save_model(result.model_path, model);
+    }
   }
   NURI_INFO("done: " << result.steps_done << " steps in " << clock_text(run_clock.seconds()) << ", "
                      << with_commas(result.tokens_per_second) << " tokens/s; final train loss "

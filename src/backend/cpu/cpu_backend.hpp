@@ -3,7 +3,8 @@
 // node's cores; matrix products through cpu::sgemm (OpenBLAS's OpenMP build or Eigen: one
 // thread pool either way).
 // One op per file in this folder: gemm.cpp (gemm, linear), layernorm.cpp, rmsnorm.cpp, gelu.cpp,
-// swiglu.cpp, rope.cpp, attention.cpp, embedding.cpp, cross_entropy.cpp, adamw.cpp.
+// swiglu.cpp, rope.cpp, attention.cpp, embedding.cpp, cross_entropy.cpp,
+// cross_entropy_partial.cpp, adamw.cpp.
 #include "nuri/backend.hpp"
 
 namespace nuri {
@@ -63,6 +64,11 @@ class CpuBackend final : public Backend {
                                float grad_scale) override;
   void lm_head_logits(float* logits, const float* x, const float* weight, int N, int C,
                       int V) override;
+  void cross_entropy_partial(float* row_max, float* row_sum, float* target_logit,
+                             const float* logits, const int32_t* targets, int N, int V,
+                             int vocab_start) override;
+  void cross_entropy_partial_backward(float* logits, const float* lse, const int32_t* targets,
+                                      int N, int V, int vocab_start, float scale) override;
 
   void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, int step,
