@@ -303,6 +303,23 @@ class MpiEnvironment {
 [[noreturn]] void abort_job(const std::string& message, int exit_code = 1);
 
 // ---------------------------------------------------------------------------------------------
+// NCCL
+// ---------------------------------------------------------------------------------------------
+
+// A Communicator over NCCL for GPU buffers (device memory of `device`), with the same ranks,
+// order and name as `bootstrap` (an MPI communicator: rank 0's NCCL unique id is broadcast over
+// it). Collective over `bootstrap`. The communicator runs every collective on its own CUDA
+// stream in issue order; handles complete when the stream passes them. Timeouts abort the NCCL
+// communicator and the job (options() are the bootstrap's), naming the operation but not the
+// missing ranks (NCCL does not report them); check_args is ignored. split() splits the
+// bootstrap group and builds a new NCCL communicator. Throws Error(backend) when nuri was built
+// without NCCL or there is no CUDA device, Error(config) for a device that does not exist.
+// (src/comm/nccl_communicator.cpp)
+std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> bootstrap, int device);
+// True when nuri was built with NCCL (make_nccl_communicator can work where there is a GPU).
+bool nccl_available();
+
+// ---------------------------------------------------------------------------------------------
 // Process grid
 // ---------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
 #include "cli/commands.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/config.hpp"
+#include "nuri/error.hpp"
 #include "nuri/model.hpp"
 #include "nuri/train.hpp"
 
@@ -48,6 +49,20 @@ void dry_run(const RunConfig& cfg) {
               gib(e.activations_recompute_bytes).c_str());
   std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
               gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
+  const ParallelConfig& p = cfg.parallel;
+  if (p.tp > 1) {
+    // The split each TP rank would hold (or why the model cannot be split so).
+    try {
+      const std::vector<ParamTensor> layout = parameter_layout(m, p.tp, 0);
+      const size_t local = layout.back().offset + layout.back().numel;
+      std::printf("tensor parallel tp %d%s: %lld parameters on each rank (%.1f%% of the model; norms and "
+                  "biases are replicated)\n",
+                  p.tp, p.sequence_parallel ? " + sequence parallel" : "", (long long)local,
+                  100.0 * double(local) / double(m.num_params()));
+    } catch (const Error& err) {
+      std::printf("tensor parallel tp %d: cannot split this model: %s\n", p.tp, err.message().c_str());
+    }
+  }
 }
 
 }  // namespace

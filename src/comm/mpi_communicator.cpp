@@ -37,6 +37,7 @@
 #include <sstream>
 #include <thread>
 
+#include "comm/op_state.hpp"
 #include "comm/watchdog.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
@@ -131,24 +132,7 @@ std::string Communicator::describe() const {
 // Handles
 // ---------------------------------------------------------------------------------------------
 
-namespace detail {
-struct CommOpState {
-  Collective collective;
-  uint64_t sequence = 0;
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
-  std::exception_ptr error;
-
-  void finish(std::exception_ptr e) {
-    std::lock_guard<std::mutex> lock(mutex);
-    error = std::move(e);
-    done = true;
-    done_cv.notify_all();
-  }
-};
-}  // namespace detail
-
+// CommOpState: src/comm/op_state.hpp (shared with the NCCL communicator).
 CommHandle::CommHandle(std::shared_ptr<detail::CommOpState> state) : state_(std::move(state)) {}
 
 void CommHandle::wait() {

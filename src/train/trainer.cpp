@@ -379,6 +379,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   int timed_steps = 0;
   int skips_in_row = 0;
   bool warned_mfu = false;
+  double tp_eval_s = 0, tp_eval_bytes = 0;  // TP collectives of evaluation (left out of the step split)
   // Under TP sampling is collective (each rank holds a slice of the vocabulary), so every rank
   // samples with the same seed and gets the same text; rank 0 prints it.
   auto do_sample = [&](int step) {
@@ -474,7 +475,13 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
 
     const bool last = step + 1 == tc.steps;
     if (have_val && ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last)) {
+      const TensorParallelOps::Stats tp_before = tp_options.ops ? tp_options.ops->stats() : TensorParallelOps::Stats{};
       const double val_loss = evaluate(model, val, tc.batch_size, tc.seq_len, tc.eval_batches, dp_comm.get());
+      if (tp_options.ops && (step > 0 || tc.steps == 1)) {  // evaluation's TP traffic is not the step's
+        const TensorParallelOps::Stats tp_after = tp_options.ops->stats();
+        tp_eval_s += tp_after.seconds - tp_before.seconds;
+        tp_eval_bytes += tp_after.bytes - tp_before.bytes;
+      }
       result.final_val_loss = val_loss;
       NURI_INFO("step " << step + 1 << ": validation loss " << val_loss << " (unigram baseline " << unigram << ")");
       if (lead)
@@ -493,10 +500,10 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     result.exposed_comm_s = ds.exposed_s / ds.steps;
   }
   if (tp_options.ops && timed_steps > 0) {
-    // TP collectives block the step: all of their time is exposed. (Evaluation's are included.)
+    // TP collectives block the step: all of their time is exposed. Evaluation's are left out.
     const TensorParallelOps::Stats ts = tp_options.ops->stats();
-    result.tp_comm_s = ts.seconds / timed_steps;
-    result.tp_comm_bytes = ts.bytes / timed_steps;
+    result.tp_comm_s = (ts.seconds - tp_eval_s) / timed_steps;
+    result.tp_comm_bytes = (ts.bytes - tp_eval_bytes) / timed_steps;
   }
   result.compute_s = result.step_s - result.exposed_comm_s - result.tp_comm_s;
   result.tp = tp_size;

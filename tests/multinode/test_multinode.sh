@@ -7,7 +7,8 @@
 #
 #   1. test_comm (the comm module's Catch tests) across the hosts at 2 ranks (1 per host) and
 #      4 ranks (2 per host); the bytes that crossed the simulated wire are counted.
-#   2. nuri train, data-parallel, across the hosts at 2 and 4 ranks: its per-step losses must
+#   2. nuri train across the hosts at 2 and 4 ranks, data-parallel, tensor-parallel (tp 2) and
+#      both (tp 2 x dp 2): its per-step losses must
 #      match the same command on one host with the same rank count (within 1e-6). Runs only when
 #      `nuri train` knows parallel.dp; otherwise says NOT RUN and why.
 #
@@ -129,11 +130,12 @@ if ! "$nuri" tokenize --tokenizer bytes --val-fraction 0.05 --quiet -o "$shards"
 fi
 
 # A tiny model, a few steps; everything else fixed so two runs can differ only by where they ran.
-train_args() { # train_args NP RUN_DIR: sets targs
+train_args() { # train_args NP RUN_DIR [TP]: sets targs
+  local tp=${3:-1}
   targs=(train --set model.preset=gpt2-tiny --set model.n_layer=1 --set model.d_model=32 --set model.n_head=2 \
     --set model.n_kv_head=2 --set model.vocab_size=257 --set train.steps=6 --set train.seq_len=32 \
     --set train.batch_size=2 --set train.eval_every=0 --set train.sample_tokens=0 --set train.save=false \
-    --set train.peak_gflops=100 --set "parallel.dp=$1" --set "train.run_dir=\"$2\"" \
+    --set train.peak_gflops=100 --set "parallel.dp=$(($1 / tp))" --set "parallel.tp=$tp" --set "train.run_dir=\"$2\"" \
     --set "data.datasets=[\"$shards\"]")
 }
 losses() { # the per-step training losses of a run, one "step loss" per line
@@ -156,31 +158,35 @@ if ! "$nuri" "${targs[@]}" >"$probe_log" 2>&1; then
     tail -5 "$probe_log"
   fi
 else
-  for np in 2 4; do
+  # np tp: data parallel at 2 and 4 ranks; tensor parallel at 2 (one rank per host: the TP
+  # group's all-reduces cross the wire) and tp 2 x dp 2 at 4 (TP inside each host, DP across).
+  for layout in "2 1" "4 1" "2 2" "4 2"; do
+    read -r np tp <<< "$layout"
     t0=$SECONDS
-    train_args "$np" "$work/run.single.np$np"
-    if ! single "$np" "$work/train.single.np$np.log" --bind none --oversubscribe --env OMP_NUM_THREADS=1 -- \
+    train_args "$np" "$work/run.single.np$np.tp$tp" "$tp"
+    dp=$((np / tp)) rt=np$np.tp$tp
+    if ! single "$np" "$work/train.single.$rt.log" --bind none --oversubscribe --env OMP_NUM_THREADS=1 -- \
       "$nuri" "${targs[@]}"; then
-      bad "nuri train, $np ranks on one host (log: $work/train.single.np$np.log)"
-      tail -20 "$work/train.single.np$np.log"
+      bad "nuri train, $np ranks (tp $tp) on one host (log: $work/train.single.$rt.log)"
+      tail -20 "$work/train.single.$rt.log"
       continue
     fi
     t1=$SECONDS
     before=$(wire_bytes)
-    train_args "$np" "$work/run.across.np$np"
-    if ! across "$np" "$work/train.across.np$np.log" --bind cpu --env OMP_NUM_THREADS=1 -- \
+    train_args "$np" "$work/run.across.$rt" "$tp"
+    if ! across "$np" "$work/train.across.$rt.log" --bind cpu --env OMP_NUM_THREADS=1 -- \
       "$nuri" "${targs[@]}"; then
-      bad "nuri train, $np ranks across 2 hosts (log: $work/train.across.np$np.log)"
-      tail -20 "$work/train.across.np$np.log"
+      bad "nuri train, $np ranks (tp $tp) across 2 hosts (log: $work/train.across.$rt.log)"
+      tail -20 "$work/train.across.$rt.log"
       continue
     fi
     moved=$(($(wire_bytes) - before))
-    # The run really was one data-parallel job over both hosts.
-    grep -qE "process grid: $np ranks = tp 1 x dp $np .*2 nodes" "$work/train.across.np$np.log" ||
-      bad "nuri train, $np ranks across 2 hosts: no 'process grid: $np ranks = tp 1 x dp $np ... 2 nodes' in its log"
-    a=$(losses "$work/run.single.np$np") b=$(losses "$work/run.across.np$np")
+    # The run really was one job of this layout over both hosts.
+    grep -qE "process grid: $np ranks = tp $tp x dp $dp .*2 nodes" "$work/train.across.$rt.log" ||
+      bad "nuri train, $np ranks across 2 hosts: no 'process grid: $np ranks = tp $tp x dp $dp ... 2 nodes' in its log"
+    a=$(losses "$work/run.single.$rt") b=$(losses "$work/run.across.$rt")
     if [[ -z $a ]]; then
-      bad "nuri train, $np ranks: no training losses in $work/run.single.np$np/metrics.jsonl"
+      bad "nuri train, $np ranks (tp $tp): no training losses in $work/run.single.$rt/metrics.jsonl"
       continue
     fi
     if cmp=$(python3 -c '
@@ -193,10 +199,10 @@ d = max(abs(float(x) - float(y)) for (_, x), (_, y) in zip(a, b))
 if d > 1e-6:
     sys.exit("losses differ by up to %.3g:\n  one host: %s\n  across:   %s" % (d, [x for _, x in a], [y for _, y in b]))
 print("%d steps, max |difference| %.3g, last loss %s" % (len(a), d, a[-1][1]))' "$a" "$b" 2>&1); then
-      say "ok   nuri train, $np ranks across 2 hosts = one host: $cmp; one host $((t1 - t0)) s, across $((SECONDS - t1)) s; $moved bytes on the wire"
-      ((moved > 10000)) || bad "nuri train at $np ranks moved only $moved bytes over the simulated network"
+      say "ok   nuri train, $np ranks (tp $tp x dp $dp) across 2 hosts = one host: $cmp; one host $((t1 - t0)) s, across $((SECONDS - t1)) s; $moved bytes on the wire"
+      ((moved > 10000)) || bad "nuri train at $np ranks (tp $tp) moved only $moved bytes over the simulated network"
     else
-      bad "nuri train, $np ranks across 2 hosts differs from one host: $cmp"
+      bad "nuri train, $np ranks (tp $tp) across 2 hosts differs from one host: $cmp"
     fi
   done
 fi
