@@ -309,7 +309,8 @@ class MpiEnvironment {
 // A Communicator over NCCL for GPU buffers (device memory of `device`), with the same ranks,
 // order and name as `bootstrap` (an MPI communicator: rank 0's NCCL unique id is broadcast over
 // it). Collective over `bootstrap`. The communicator runs every collective on its own CUDA
-// stream in issue order; handles complete when the stream passes them. Timeouts abort the NCCL
+// stream in issue order; handles complete when the stream passes them. That stream does not wait
+// for the caller's: the data must be ready (its producing stream synchronized) before a call. Timeouts abort the NCCL
 // communicator and the job (options() are the bootstrap's), naming the operation but not the
 // missing ranks (NCCL does not report them); check_args is ignored. split() splits the
 // bootstrap group and builds a new NCCL communicator. Throws Error(backend) when nuri was built

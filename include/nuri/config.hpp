@@ -58,6 +58,25 @@ struct TrainConfig {
   double sample_temperature = 0.8;
   int sample_top_k = 40;
   bool save = true;  // write run_dir/model.bin at the end
+  // Stop after this step, checkpointing there (a planned stop: a time limit, a test); the
+  // schedule still spans train.steps and a later run resumes. 0: run to train.steps.
+  int stop_at = 0;
+  // A nuri model file (model.bin, or one written by `nuri import`) to start from instead of a
+  // random initialization: continued pre-training or fine-tuning. Ignored when resuming.
+  std::string init_from = "";
+};
+
+// Training checkpoints (checkpoint.hpp, docs/checkpoints.md).
+struct CheckpointConfig {
+  int every = 0;            // save every N steps; 0: only at the end (and at train.stop_at)
+  bool at_end = true;       // save when the run ends
+  int keep_last = 3;        // keep the newest N checkpoints ...
+  int keep_every = 0;       // ... and, permanently, those whose step is a multiple of this (0: none)
+  std::string dir = "";     // default: <train.run_dir>/checkpoints
+  // "auto": resume from the latest checkpoint in `dir` if there is one; "none": start afresh;
+  // or a path (a checkpoint, or a run or checkpoints directory with a latest pointer).
+  std::string resume = "auto";
+  bool verify = true;       // check every rank file's xxh64 before resuming
 };
 
 // How the ranks of an mpirun job share the work (parallel.hpp, comm.hpp). World size = tp x dp.
@@ -79,6 +98,7 @@ struct RunConfig {
   OptimConfig optim;
   TrainConfig train;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
 };
 
 // Loads `path` (may be empty: defaults only), then applies `overrides` ("section.key=value",

@@ -41,6 +41,8 @@ class AdamW {
   int step_count() const { return step_; }
   float* exp_avg() { return m_; }      // moment_floats() floats, owned ranges in order
   float* exp_avg_sq() { return v_; }
+  const float* exp_avg() const { return m_; }
+  const float* exp_avg_sq() const { return v_; }
   size_t moment_floats() const { return moment_floats_; }
   const std::vector<ParamRange>& owned() const { return owned_; }
   void set_step_count(int s) { step_ = s; }

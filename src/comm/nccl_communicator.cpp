@@ -16,8 +16,10 @@
 //              ncclReduce / ncclBroadcast per block.
 //   split      splits the bootstrap group over MPI and builds a new NCCL communicator from it.
 //
-// Buffers must be device memory of this rank's device (or managed memory). options().check_args
-// is not supported here (it would need a host copy of every call's arguments on a side channel).
+// Buffers must be device memory of this rank's device (or managed memory), and READY: the
+// collectives run on this communicator's own stream, which does not wait for the caller's compute
+// stream, so the caller synchronizes it (or records an event and waits on it) before issuing.
+// options().check_args is not supported here (it would need a host copy of every call's arguments on a side channel).
 // Built only with CUDA and NCCL (NURI_WITH_NCCL); otherwise make_nccl_communicator throws.
 #include <sstream>
 
@@ -134,27 +136,40 @@ class NcclCommunicator final : public Communicator {
     check(c);
     auto state = std::make_shared<detail::CommOpState>();
     state->collective = c;
+    // issue_mutex_ orders the NCCL calls (issue order = stream order). mutex_ is not held across
+    // them: a blocking NCCL call (a peer that never connects) must not stop the poller's timeout.
+    std::lock_guard<std::mutex> issue(issue_mutex_);
+    Pending p;
+    p.state = state;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       NURI_CHECK(!broken_, backend, to_string(c.kind),
                  describe() << ": the NCCL communicator is broken by an earlier error (" << broken_reason_ << ")");
       state->sequence = ++issued_;
-      Pending p;
-      p.state = state;
       p.started = Clock::now();
-      try {
-        NURI_CUDA_CHECK(cudaSetDevice(device_), to_string(c.kind), where(*state));
-        enqueue(c, *state);
-        NURI_CUDA_CHECK(cudaEventCreateWithFlags(&p.event, cudaEventDisableTiming), to_string(c.kind), where(*state));
-        NURI_CUDA_CHECK(cudaEventRecord(p.event, stream_), to_string(c.kind), where(*state));
-      } catch (...) {
+      enqueuing_ = p.started;  // the poller times the enqueue too
+      enqueuing_op_ = state;
+    }
+    std::exception_ptr error;
+    try {
+      NURI_CUDA_CHECK(cudaSetDevice(device_), to_string(c.kind), where(*state));
+      enqueue(c, *state);
+      NURI_CUDA_CHECK(cudaEventCreateWithFlags(&p.event, cudaEventDisableTiming), to_string(c.kind), where(*state));
+      NURI_CUDA_CHECK(cudaEventRecord(p.event, stream_), to_string(c.kind), where(*state));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      enqueuing_op_.reset();
+      if (error) {
         if (p.event) cudaEventDestroy(p.event);
         broken_ = true;
         broken_reason_ = "enqueueing " + nuri::describe(c);
-        state->finish(std::current_exception());
+        state->finish(error);
         ++completed_;
         idle_cv_.notify_all();
-        throw;
+        std::rethrow_exception(error);
       }
       pending_.push_back(p);
     }
@@ -205,7 +220,20 @@ class NcclCommunicator final : public Communicator {
                describe() << ": avg needs a floating-point type, got " << to_string(c.type));
   }
 
-  // Enqueues c on the stream (mutex_ held: issue order = stream order).
+  // Runs fn between ncclGroupStart and ncclGroupEnd; the group is ended on an error too.
+  template <class Fn>
+  void grouped(const char* op, const std::string& at, Fn&& fn) {
+    NURI_NCCL_CHECK(ncclGroupStart(), op, at);
+    try {
+      fn();
+    } catch (...) {
+      ncclGroupEnd();
+      throw;
+    }
+    NURI_NCCL_CHECK(ncclGroupEnd(), op, at);
+  }
+
+  // Enqueues c on the stream (issue_mutex_ held: issue order = stream order).
   void enqueue(const Collective& c, const detail::CommOpState& s) {
     const char* op = to_string(c.kind);
     const std::string at = where(s);
@@ -230,15 +258,15 @@ class NcclCommunicator final : public Communicator {
           NURI_NCCL_CHECK(ncclReduceScatter(send, recv, mine.count, t, nccl_op(c.op), comm_, stream_), op, at);
         } else {
           // Uneven blocks: block i is reduced to rank i. (In place: recv is send + mine.offset.)
-          NURI_NCCL_CHECK(ncclGroupStart(), op, at);
-          for (int i = 0; i < p; ++i) {
-            const BlockRange b = block_range(c.count, p, i);
-            if (b.count == 0) continue;
-            NURI_NCCL_CHECK(ncclReduce(send + b.offset * bytes, i == r ? recv : nullptr, b.count, t, nccl_op(c.op), i,
-                                       comm_, stream_),
-                            op, at);
-          }
-          NURI_NCCL_CHECK(ncclGroupEnd(), op, at);
+          grouped(op, at, [&] {
+            for (int i = 0; i < p; ++i) {
+              const BlockRange b = block_range(c.count, p, i);
+              if (b.count == 0) continue;
+              NURI_NCCL_CHECK(ncclReduce(send + b.offset * bytes, i == r ? recv : nullptr, b.count, t, nccl_op(c.op),
+                                         i, comm_, stream_),
+                              op, at);
+            }
+          });
         }
         break;
       }
@@ -248,14 +276,15 @@ class NcclCommunicator final : public Communicator {
           NURI_NCCL_CHECK(ncclAllGather(send, recv, mine.count, t, comm_, stream_), op, at);
         } else {
           // Uneven blocks: rank i broadcasts its block into place on every rank.
-          NURI_NCCL_CHECK(ncclGroupStart(), op, at);
-          for (int i = 0; i < p; ++i) {
-            const BlockRange b = block_range(c.count, p, i);
-            if (b.count == 0) continue;
-            NURI_NCCL_CHECK(ncclBroadcast(i == r ? send : nullptr, recv + b.offset * bytes, b.count, t, i, comm_, stream_),
-                            op, at);
-          }
-          NURI_NCCL_CHECK(ncclGroupEnd(), op, at);
+          grouped(op, at, [&] {
+            for (int i = 0; i < p; ++i) {
+              const BlockRange b = block_range(c.count, p, i);
+              if (b.count == 0) continue;
+              NURI_NCCL_CHECK(ncclBroadcast(i == r ? send : nullptr, recv + b.offset * bytes, b.count, t, i, comm_,
+                                            stream_),
+                              op, at);
+            }
+          });
         }
         break;
       }
@@ -271,6 +300,18 @@ class NcclCommunicator final : public Communicator {
                         [this] { return stop_ || !pending_.empty(); });
       if (pending_.empty()) {
         if (stop_) return;
+        if (enqueuing_op_ &&
+            std::chrono::duration<double>(Clock::now() - enqueuing_).count() > options_.timeout_s) {
+          // An NCCL call itself has not returned: a peer never connected. ncclCommAbort makes it
+          // return (with an error the issuing thread reports); the job ends here in any case.
+          std::ostringstream m;
+          m << where(*enqueuing_op_) << ": the NCCL call did not return within " << options_.timeout_s
+            << " s (a rank of the group never joined it); aborting the NCCL communicator";
+          fail_all(m.str());
+          lock.unlock();
+          fire();
+          return;
+        }
         continue;
       }
       Pending p = pending_.front();
@@ -360,8 +401,11 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ = nullptr;
   int32_t* barrier_buf_ = nullptr;
 
-  mutable std::mutex mutex_;
+  std::mutex issue_mutex_;   // held by start() across the NCCL calls
+  mutable std::mutex mutex_;  // the queue, counters and flags below
   std::condition_variable wake_cv_, idle_cv_;
+  Clock::time_point enqueuing_;                        // when the current start() began its NCCL calls
+  std::shared_ptr<detail::CommOpState> enqueuing_op_;  // ... and for which operation (null: none)
   std::deque<Pending> pending_;
   std::thread poller_;
   uint64_t issued_ = 0, completed_ = 0;

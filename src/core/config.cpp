@@ -167,6 +167,7 @@ std::vector<Key> schema(RunConfig& c) {
   OptimConfig& o = c.optim;
   TrainConfig& t = c.train;
   ParallelConfig& p = c.parallel;
+  CheckpointConfig& k = c.checkpoint;
   const int big = 1 << 30;
   return {
       string_key("backend", &c.backend, {"cpu", "cuda"}, "compute backend"),
@@ -222,6 +223,10 @@ std::vector<Key> schema(RunConfig& c) {
       real_key("train.sample_temperature", &t.sample_temperature, 0.0, 100.0, "sampling temperature"),
       int_key("train.sample_top_k", &t.sample_top_k, 0, big, "top-k (0: all)"),
       bool_key("train.save", &t.save, "write run_dir/model.bin at the end"),
+      int_key("train.stop_at", &t.stop_at, 0, big,
+              "stop after this step with a checkpoint; the schedule still spans train.steps (0: run to the end)"),
+      string_key("train.init_from", &t.init_from, {},
+                 "a nuri model file to start from instead of random weights (ignored when resuming)"),
       int_key("parallel.tp", &p.tp, 1, 1 << 20,
               "tensor-parallel degree: attention heads, MLP and vocabulary split over tp ranks (Megatron style)"),
       bool_key("parallel.sequence_parallel", &p.sequence_parallel,
@@ -234,6 +239,15 @@ std::vector<Key> schema(RunConfig& c) {
                "gradient bucket (MiB of fp32), reduced during backward; 0: one per layer"),
       real_key("parallel.comm_timeout_s", &p.comm_timeout_s, 0.0, 1e9,
                "a collective slower than this aborts the job, naming the missing ranks (0: $NURI_COMM_TIMEOUT or 300)"),
+      int_key("checkpoint.every", &k.every, 0, big, "save a checkpoint every N steps (0: only at the end)"),
+      bool_key("checkpoint.at_end", &k.at_end, "save a checkpoint when the run ends"),
+      int_key("checkpoint.keep_last", &k.keep_last, 1, big, "keep the newest N checkpoints"),
+      int_key("checkpoint.keep_every", &k.keep_every, 0, big,
+              "also keep, permanently, checkpoints whose step is a multiple of this (0: none)"),
+      string_key("checkpoint.dir", &k.dir, {}, "where checkpoints go (empty: <train.run_dir>/checkpoints)"),
+      string_key("checkpoint.resume", &k.resume, {},
+                 "\"auto\" (the latest in checkpoint.dir, if any), \"none\", or a checkpoint or run directory"),
+      bool_key("checkpoint.verify", &k.verify, "check every rank file's checksum before resuming"),
   };
 }
 

@@ -55,7 +55,7 @@ struct Model::Impl {
   // Activation arena, sized for `rows` = B*T and `sets` block activation sets.
   Backend* backend = nullptr;
   float* arena = nullptr;
-  int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_T = 0;
+  int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_T = 0, arena_Nl = 0;
   std::vector<float*> res;
   std::vector<BlockActs> acts;
   float *lnf = nullptr, *meanf = nullptr, *rstdf = nullptr;
@@ -363,11 +363,12 @@ struct Dims {
   int B, T, N, C, H, KV, D, QKV, HD, F, FC, V;  // H, KV, F, V (and QKV, HD, FC): this rank's
   int V_full;
   int Nl, row0;  // residual-stream rows on this rank and the first of them (SP: N/p, r N/p)
+  bool sp;       // sequence parallel for this call
   bool gpt2;
 };
 
 void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
-  if (m.arena && m.arena_rows == d.N && m.arena_sets == sets && m.arena_B == d.B) return;
+  if (m.arena && m.arena_rows == d.N && m.arena_sets == sets && m.arena_B == d.B && m.arena_Nl == d.Nl) return;
   if (m.arena) m.backend->free(m.arena);
   const size_t N = size_t(d.N), Nl = size_t(d.Nl);
   const size_t lse = size_t(d.B) * d.H * d.T;
@@ -381,6 +382,7 @@ void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   m.arena_sets = sets;
   m.arena_B = d.B;
   m.arena_T = d.T;
+  m.arena_Nl = d.Nl;
   float* p = m.arena;
   auto take = [&](size_t n) {
     float* q = p;
@@ -466,7 +468,7 @@ void norm_forward(Model::Impl& m, Backend& be, const Dims& d, float eps, float* 
   } else {
     be.rmsnorm_forward(mine, rstd, inp, w, d.Nl, d.C, eps);
   }
-  if (m.sp) m.tp->all_gather(out, mine, size_t(d.Nl) * d.C);
+  if (d.sp) m.tp->all_gather(out, mine, size_t(d.Nl) * d.C);
 }
 
 // dln (N,C): this rank's part of dL/d(norm output) (under TP a column-parallel product's partial
@@ -479,7 +481,7 @@ void norm_backward(Model::Impl& m, Backend& be, const Dims& d, float* dres, floa
   const float* dout = dln;
   std::vector<Region> weights;
   if (m.tp) {
-    if (m.sp) {
+    if (d.sp) {
       float* mine = dln + size_t(d.row0) * d.C;
       m.tp->reduce_scatter(mine, dln, size_t(d.Nl) * d.C);
       dout = mine;
@@ -505,7 +507,7 @@ void row_parallel_forward(Model::Impl& m, Backend& be, const Dims& d, float* y, 
                           const float* inp, const float* w, const float* b, int IC) {
   const size_t n = size_t(d.Nl) * d.C;
   const bool first = !m.tp || m.tp->rank() == 0;
-  if (!m.sp) {
+  if (!d.sp) {
     if (first) {
       be.copy(y, x, n);
       be.linear_forward(y, inp, w, b, d.N, IC, d.C, true);
@@ -522,7 +524,7 @@ void row_parallel_forward(Model::Impl& m, Backend& be, const Dims& d, float* y, 
 
 // The residual gradient (Nl,C) as full rows (N,C): itself, or all-gathered under SP.
 const float* full_rows(Model::Impl& m, const Dims& d, const float* local) {
-  if (!m.sp) return local;
+  if (!d.sp) return local;
   m.tp->all_gather(m.full, local, size_t(d.Nl) * d.C);
   return m.full;
 }
@@ -542,9 +544,9 @@ void embed_forward(Model::Impl& m, Backend& be, const Dims& d, const float* para
     m.local_tokens[size_t(i)] = t >= 0 && t < d.V ? t : -1;
   }
   const bool first = m.tp->rank() == 0;
-  float* out = m.sp ? m.full : m.res[0];
+  float* out = d.sp ? m.full : m.res[0];
   be.embedding_forward(out, m.local_tokens.data(), params + m.wte, first ? wpe : nullptr, d.N, d.T, d.C);
-  if (m.sp) {
+  if (d.sp) {
     m.tp->reduce_scatter(m.res[0], m.full, size_t(d.Nl) * d.C);
   } else {
     m.tp->all_reduce_sum(m.res[0], size_t(d.N) * d.C);
@@ -565,7 +567,10 @@ void embed_backward(Model::Impl& m, Backend& be, const Dims& d, float* grads, co
 double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* dw, const float* w,
                  const int32_t* targets, float scale) {
   if (!m.tp) return be.lm_head_cross_entropy(dx, dw, m.lnf, w, targets, d.N, d.C, d.V, scale);
-  const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(d.N), kLmHeadChunkFloats / size_t(d.V))));
+  // The chunk must be the same on every rank (the collectives below are per chunk): sized by the
+  // largest slice, ceil(V / p), not this rank's, which may be one smaller.
+  const size_t v_max = (size_t(d.V_full) + size_t(m.tp->size()) - 1) / size_t(m.tp->size());
+  const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(d.N), kLmHeadChunkFloats / v_max)));
   const size_t rows_max = size_t(std::min(chunk, d.N));
   if (m.head_logits_floats < rows_max * d.V) {
     if (m.head_logits) be.free(m.head_logits);
@@ -655,7 +660,10 @@ void block_backward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfi
   norm_backward(m, be, d, m.dres, g.ln1_w, g.ln1_b, m.dln, x, p.ln1_w, a.mean1, a.rstd1);
 }
 
-Dims make_dims(const ModelConfig& c, const Model::Impl& m, int B, int T) {
+// sp_required: a training step (forward_backward) under sequence parallelism needs N % p == 0;
+// evaluation and sampling fall back to plain TP for a batch the ranks cannot split (a prompt of
+// odd length), which computes the same values.
+Dims make_dims(const ModelConfig& c, const Model::Impl& m, int B, int T, bool sp_required) {
   Dims d;
   d.B = B;
   d.T = T;
@@ -673,7 +681,8 @@ Dims make_dims(const ModelConfig& c, const Model::Impl& m, int B, int T) {
   d.V_full = c.vocab_size;
   d.Nl = d.N;
   d.row0 = 0;
-  if (m.sp) {
+  d.sp = m.sp && (sp_required || d.N % m.tp->size() == 0);
+  if (d.sp) {
     const int p = m.tp->size();
     NURI_CHECK(d.N % p == 0, shape, "Model::forward",
                "sequence parallelism splits the B*T = " << B << " x " << T << " = " << d.N
@@ -716,7 +725,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
                               float grad_scale) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
-  const Dims d = make_dims(cfg_, m, B, T);
+  const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/true);
   const bool keep_all = !cfg_.recompute;
   forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
 
@@ -757,7 +766,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
 float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
-  const Dims d = make_dims(cfg_, m, B, T);
+  const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
@@ -769,7 +778,7 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
 void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
-  const Dims d = make_dims(cfg_, m, B, T);
+  const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
   if (!m.tp) {
     backend_.lm_head_logits(logits, m.lnf, params_ + m.head, d.N, d.C, d.V);

@@ -14,14 +14,11 @@
 #include "nuri/model.hpp"
 #include "nuri/tensor_parallel.hpp"
 #include "nuri/train.hpp"
+#include "train/model_json.hpp"
 
 namespace nuri {
 
-namespace {
-
-constexpr char kMagic[8] = {'N', 'U', 'R', 'I', 'M', 'D', 'L', '1'};
-
-nlohmann::json to_json(const ModelConfig& c) {
+nlohmann::json model_config_to_json(const ModelConfig& c) {
   return {{"preset", c.preset},       {"family", c.family},
           {"n_layer", c.n_layer},     {"d_model", c.d_model},
           {"n_head", c.n_head},       {"n_kv_head", c.n_kv_head},
@@ -30,7 +27,7 @@ nlohmann::json to_json(const ModelConfig& c) {
           {"norm_eps", c.norm_eps},   {"rope_theta", c.rope_theta}};
 }
 
-ModelConfig from_json(const nlohmann::json& j) {
+ModelConfig model_config_from_json(const nlohmann::json& j) {
   ModelConfig c;
   c.preset = j.at("preset").get<std::string>();
   c.family = j.at("family").get<std::string>();
@@ -46,6 +43,10 @@ ModelConfig from_json(const nlohmann::json& j) {
   c.rope_theta = j.at("rope_theta").get<float>();
   return c;
 }
+
+namespace {
+
+constexpr char kMagic[8] = {'N', 'U', 'R', 'I', 'M', 'D', 'L', '1'};
 
 struct Header {
   ModelConfig config;
@@ -70,7 +71,7 @@ Header read_header(std::ifstream& in, const std::string& path) {
   in.read(text.data(), std::streamsize(json_bytes));
   Header h;
   try {
-    h.config = from_json(nlohmann::json::parse(text));
+    h.config = model_config_from_json(nlohmann::json::parse(text));
   } catch (const nlohmann::json::exception& e) {
     NURI_THROW(io, "load model", "'" << path << "' has an unreadable model config: " << e.what());
   }
@@ -97,7 +98,7 @@ void save_model(const std::string& path, const ModelConfig& config, const float*
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     NURI_CHECK(out.good(), io, "save model", "cannot write '" << tmp << "'");
-    const std::string text = to_json(config).dump();
+    const std::string text = model_config_to_json(config).dump();
     const uint64_t json_bytes = text.size(), n = count;
     const float* p = params;  // host memory
     const uint64_t checksum = XXH64(p, n * sizeof(float), 0);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "nuri/backend.hpp"
+#include "nuri/checkpoint.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
@@ -296,6 +297,65 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   DataParallel engine(model, *backend, cfg.optim, dp_comm, dp_options);
   engine.broadcast_parameters();  // replicas start identical whatever the initialisation did
 
+  // Where the run starts: a checkpoint to resume (each rank reads its own slices and moments, at
+  // whatever layout the checkpoint was saved), a model file to start from, or the random weights.
+  const CheckpointConfig& kc = cfg.checkpoint;
+  const std::string ckpt_dir = kc.dir.empty() ? tc.run_dir + "/checkpoints" : kc.dir;
+  CheckpointLayout ckpt_layout;
+  ckpt_layout.world = world_comm;
+  ckpt_layout.tp_rank = grid ? grid->tp_rank() : 0;
+  ckpt_layout.tp_size = tp_size;
+  ckpt_layout.dp_rank = dp_rank;
+  ckpt_layout.dp_size = dp_size;
+  ckpt_layout.zero1 = engine.zero1();
+  TrainerState resumed;
+  std::string resumed_from, resumed_layout;
+  agree(world_comm, "loading the checkpoint or initial weights", [&] {
+    std::string path;
+    if (kc.resume == "auto") {
+      path = latest_checkpoint(ckpt_dir);
+    } else if (kc.resume != "none") {
+      path = resolve_checkpoint(kc.resume);
+    }
+    if (!path.empty()) {
+      const CheckpointManifest manifest = read_checkpoint(path, kc.verify);
+      NURI_CHECK(manifest.state.tokenizer_hash == 0 || manifest.state.tokenizer_hash == tokenizer->hash(), config,
+                 "train", "'" << path << "' was trained with another tokenizer than data.tokenizer = \"" << cfg.data.tokenizer
+                              << "\" (hash differs); use the run's tokenizer, or start afresh with --no-resume");
+      NURI_CHECK(manifest.state.step < tc.steps, config, "train",
+                 "'" << path << "' is at step " << manifest.state.step << ", which is not before train.steps = " << tc.steps
+                     << "; raise train.steps to train on, or start afresh with --no-resume");
+      load_checkpoint(manifest, model, &engine.optimizer());
+      resumed = manifest.state;
+      resumed_from = path;
+      resumed_layout = "tp " + std::to_string(manifest.tp) + " x dp " + std::to_string(manifest.dp) +
+                       (manifest.zero1 ? " (ZeRO-1)" : "");
+      if (shard_loader) {
+        NURI_CHECK(resumed.loader.rfind("nuri-loader", 0) == 0, config, "train",
+                   "'" << path << "' was saved by a run reading data.train_files; resume it with the same data settings");
+        shard_loader->set_state(LoaderState::deserialize(resumed.loader));
+      } else {
+        const std::string want = "batch-loader dp " + std::to_string(dp_size) + " batch " + std::to_string(tc.batch_size) + " position ";
+        NURI_CHECK(resumed.loader.rfind(want, 0) == 0, config, "train",
+                   "'" << path << "' holds the data position '" << resumed.loader << "'; a data.train_files run resumes "
+                       << "only with the same parallel.dp and train.batch_size (" << want
+                       << "...). Token-shard datasets (data.datasets) resume at any layout");
+        text_loader->set_position(std::stoull(resumed.loader.substr(want.size())));
+      }
+    } else if (!tc.init_from.empty()) {
+      const ModelConfig from = read_model_config(tc.init_from);
+      CheckpointManifest as_manifest;  // to reuse the shape comparison and its message
+      as_manifest.dir = tc.init_from;
+      as_manifest.model = from;
+      check_checkpoint_model(as_manifest, cfg.model);
+      load_model_weights(tc.init_from, model);
+    }
+  });
+  const int start_step = int(resumed.step);
+  const int end_step = tc.stop_at > 0 ? std::min(tc.stop_at, tc.steps) : tc.steps;
+  NURI_CHECK(start_step < end_step || resumed_from.empty(), config, "train",
+             "train.stop_at = " << tc.stop_at << " is not after the resumed step " << start_step);
+
   // Every rank measures its own share of the node; the job's peak is the sum.
   const double peak = (tc.peak_gflops > 0 ? tc.peak_gflops : measure_peak_gflops(*backend)) *
                       (grid ? grid->world_size() : 1);
@@ -357,6 +417,18 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     NURI_INFO(line);
   }
   NURI_INFO("backend: " << backend->describe());
+  if (!resumed_from.empty()) {
+    NURI_INFO("resumed from " << resumed_from << ": step " << start_step << ", " << with_commas(double(resumed.tokens))
+                              << " tokens seen, saved at " << resumed_layout << "; continuing at tp " << tp_size << " x dp "
+                              << dp_size << (engine.zero1() ? " (ZeRO-1)" : ""));
+  } else if (!tc.init_from.empty()) {
+    NURI_INFO("starting from the weights in " << tc.init_from);
+  }
+  if (kc.every > 0 || kc.at_end || tc.stop_at > 0)
+    NURI_INFO("checkpoints: " << ckpt_dir
+                              << (kc.every > 0 ? " every " + std::to_string(kc.every) + " steps," : std::string())
+                              << " keeping the last " << kc.keep_last
+                              << (kc.keep_every > 0 ? " and every " + std::to_string(kc.keep_every) + "th" : std::string()));
   NURI_INFO("MFU below is against " << std::lround(peak) << " GFLOP/s ("
                                     << (tc.peak_gflops > 0 ? "train.peak_gflops" : "the measured peak of the GEMM in use")
                                     << "), at " << std::lround(flops_per_token / 1e6)
@@ -368,16 +440,30 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   std::ofstream metrics;  // rank 0's
   agree(world_comm, "opening the metrics file", [&] {
     if (!lead) return;
+    // A resumed run keeps the records of the steps it does not redo.
+    std::string kept;
+    if (start_step > 0) {
+      std::ifstream old(result.metrics_path);
+      for (std::string line; std::getline(old, line);) {
+        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (!j.is_discarded() && j.contains("step") && j["step"].is_number() && j["step"].get<int64_t>() <= start_step)
+          kept += line + "\n";
+      }
+    }
     metrics.open(result.metrics_path, std::ios::trunc);
     NURI_CHECK(metrics.good(), io, "train", "cannot write '" << result.metrics_path << "'");
+    metrics << kept;
   });
+  result.skipped_steps = resumed.skipped_steps;
   result.unigram_val_loss = unigram;
 
   std::vector<int32_t> x(size_t(tc.batch_size) * tc.seq_len), y(x.size());
   Timer run_clock;
   double timed_seconds = 0;  // steps after the first (which includes warm-up)
   int timed_steps = 0;
-  int skips_in_row = 0;
+  int skips_in_row = resumed.skips_in_row;
+  int64_t tokens_done = resumed.tokens;
+  int last_saved = start_step;  // a step that already has a checkpoint
   bool warned_mfu = false;
   double tp_eval_s = 0, tp_eval_bytes = 0;  // TP collectives of evaluation (left out of the step split)
   // Under TP sampling is collective (each rank holds a slice of the vocabulary), so every rank
@@ -396,7 +482,27 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     return lead ? text : std::string();
   };
 
-  for (int step = 0; step < tc.steps; ++step) {
+  auto save_ckpt = [&](int steps_done) {
+    TrainerState st;
+    st.step = steps_done;
+    st.tokens = tokens_done;
+    st.loader = shard_loader ? shard_loader->state().serialize()
+                             : "batch-loader dp " + std::to_string(dp_size) + " batch " + std::to_string(tc.batch_size) +
+                                   " position " + std::to_string(text_loader->position());
+    st.seed = tc.seed;
+    st.tokenizer_hash = tokenizer->hash();
+    st.skipped_steps = result.skipped_steps;
+    st.skips_in_row = skips_in_row;
+    Timer t;
+    const std::string dir = save_checkpoint(ckpt_dir, model, engine.optimizer(), st, ckpt_layout,
+                                            {kc.keep_last, kc.keep_every});
+    last_saved = steps_done;
+    char line[64];
+    std::snprintf(line, sizeof line, " (%.2f s)", t.seconds());
+    NURI_INFO("checkpoint: " << dir << line);
+  };
+
+  for (int step = start_step; step < end_step; ++step) {
     Timer step_clock;
     const double lr = learning_rate(cfg.optim, step, tc.steps);
     engine.zero_grads();
@@ -436,11 +542,12 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
                         << skips_in_row << " of at most " << tc.max_nonfinite_skips << " in a row)");
     }
     const double dt = step_clock.seconds();
-    if (step > 0 || tc.steps == 1) {
+    tokens_done += tokens_per_step;
+    if (step > start_step || end_step - start_step == 1) {
       timed_seconds += dt;
       ++timed_steps;
     }
-    if (step == 0 && tc.steps > 1) {  // the first step warms up
+    if (step == start_step && end_step - start_step > 1) {  // the first step warms up
       engine.reset_stats();
       if (tp_options.ops) tp_options.ops->reset_stats();
     }
@@ -457,7 +564,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     result.final_train_loss = loss;
     result.steps_done = step + 1;
 
-    if ((step + 1) % tc.log_every == 0 || step == 0 || step + 1 == tc.steps) {
+    if ((step + 1) % tc.log_every == 0 || step == start_step || step + 1 == end_step) {
       char line[256];
       std::snprintf(line, sizeof line,
                     "step %*d/%d %s loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | MFU %.1f%% | %s elapsed, ETA %s",
@@ -470,14 +577,14 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     nlohmann::json rec = {{"type", "train"}, {"step", step + 1}, {"loss", finite ? loss : -1.0},
                           {"lr", lr}, {"grad_norm", std::isfinite(norm) ? norm : -1.0},
                           {"tokens_per_s", tok_s}, {"mfu", mfu}, {"elapsed_s", elapsed},
-                          {"tokens", tokens_per_step * (step + 1)}, {"skipped", !finite}};
+                          {"tokens", tokens_done}, {"skipped", !finite}};
     if (lead) metrics << rec.dump() << "\n";
 
     const bool last = step + 1 == tc.steps;
     if (have_val && ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last)) {
       const TensorParallelOps::Stats tp_before = tp_options.ops ? tp_options.ops->stats() : TensorParallelOps::Stats{};
       const double val_loss = evaluate(model, val, tc.batch_size, tc.seq_len, tc.eval_batches, dp_comm.get());
-      if (tp_options.ops && (step > 0 || tc.steps == 1)) {  // evaluation's TP traffic is not the step's
+      if (tp_options.ops && (step > start_step || end_step - start_step == 1)) {  // evaluation's TP traffic is not the step's
         const TensorParallelOps::Stats tp_after = tp_options.ops->stats();
         tp_eval_s += tp_after.seconds - tp_before.seconds;
         tp_eval_bytes += tp_after.bytes - tp_before.bytes;
@@ -491,7 +598,10 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     }
     if (lead) metrics.flush();
     if (tc.sample_every > 0 && (step + 1) % tc.sample_every == 0 && !last) do_sample(step + 1);
+    if (kc.every > 0 && (step + 1) % kc.every == 0) save_ckpt(step + 1);
   }
+  // The end of this run (or a planned stop) gets a checkpoint, unless that step has one already.
+  if ((kc.at_end || end_step < tc.steps) && last_saved != end_step && end_step > start_step) save_ckpt(end_step);
   result.tokens_per_second = timed_seconds > 0 ? double(tokens_per_step) * timed_steps / timed_seconds : 0;
   const DataParallelStats& ds = engine.stats();
   result.step_s = timed_steps > 0 ? timed_seconds / timed_steps : 0;
