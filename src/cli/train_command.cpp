@@ -19,6 +19,8 @@ struct TrainOptions {
   std::vector<std::string> overrides;
   bool dry_run = false;
   bool help_config = false;
+  std::string resume;
+  bool no_resume = false;
 };
 
 std::string gib(double bytes) {
@@ -77,9 +79,13 @@ void add_train_command(CLI::App& app, const MpiEnvironment* mpi) {
   cmd->add_flag("--dry-run", opt->dry_run,
                 "Print the parameter count and memory estimate, then exit without training");
   cmd->add_flag("--help-config", opt->help_config, "List every config key with its default");
+  cmd->add_option("--resume", opt->resume,
+                  "Resume from this checkpoint (or run / checkpoints directory); by default a run resumes from the "
+                  "latest checkpoint in its checkpoint.dir, if there is one");
+  cmd->add_flag("--no-resume", opt->no_resume, "Start afresh even if the run directory has checkpoints");
   cmd->footer(
-      "Writes run_dir/config.toml, metrics.jsonl, sample.txt and model.bin.\n"
-      "Under mpirun the ranks train data-parallel (parallel.* keys); rank 0 prints and writes.");
+      "Writes run_dir/config.toml, metrics.jsonl, sample.txt, model.bin and checkpoints/ (checkpoint.* keys).\n"
+      "Under mpirun the ranks train data- and tensor-parallel (parallel.* keys); rank 0 prints and writes.");
   cmd->callback([opt, mpi] {
     const bool lead = !mpi || mpi->world_rank() == 0;
     if (opt->help_config) {
@@ -87,6 +93,9 @@ void add_train_command(CLI::App& app, const MpiEnvironment* mpi) {
       return;
     }
     RunConfig cfg = load_run_config(opt->config, opt->overrides);
+    NURI_CHECK(!(opt->no_resume && !opt->resume.empty()), config, "train", "--resume and --no-resume contradict each other");
+    if (!opt->resume.empty()) cfg.checkpoint.resume = opt->resume;
+    if (opt->no_resume) cfg.checkpoint.resume = "none";
     if (opt->dry_run) {
       if (lead) dry_run(cfg);
       return;

@@ -418,53 +418,60 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   }
 
   std::vector<int64_t> info(2 * size_t(ranks), 0);  // (bytes, xxh64) of every rank's file
-  all_or_none(world, "writing the rank files of " + tmp, [&] {
-    const std::string file = rank_file_name(rank);
-    HashedWriter w((fs::path(tmp) / file).string());
-    const uint64_t header[2] = {uint64_t(rank), uint64_t(runs.size())};
-    w.write(kRankMagic, 8);
-    w.write(header, sizeof header);
-    w.write(runs.data(), runs.size() * sizeof(Run));
-    const std::vector<ParamRange>& owned = optimizer.owned();
-    for (uint32_t kind = 0; kind < 3; ++kind) {
-      for (size_t i = 0; i < n; ++i) {
-        const size_t p = locals[i];
-        const float* src = kind == 0 ? model.params() + p
-                                     : (kind == 1 ? optimizer.exp_avg() : optimizer.exp_avg_sq()) + moment_index(owned, p);
-        w.write(src, runs[i].count * sizeof(float));
+  try {
+    all_or_none(world, "writing the rank files of " + tmp, [&] {
+      const std::string file = rank_file_name(rank);
+      HashedWriter w((fs::path(tmp) / file).string());
+      const uint64_t header[2] = {uint64_t(rank), uint64_t(runs.size())};
+      w.write(kRankMagic, 8);
+      w.write(header, sizeof header);
+      w.write(runs.data(), runs.size() * sizeof(Run));
+      const std::vector<ParamRange>& owned = optimizer.owned();
+      for (uint32_t kind = 0; kind < 3; ++kind) {
+        for (size_t i = 0; i < n; ++i) {
+          const size_t p = locals[i];
+          const float* src = kind == 0 ? model.params() + p
+                                       : (kind == 1 ? optimizer.exp_avg() : optimizer.exp_avg_sq()) + moment_index(owned, p);
+          w.write(src, runs[i].count * sizeof(float));
+        }
       }
-    }
-    const CheckpointFile f = w.finish(file);
-    info[2 * size_t(rank)] = int64_t(f.bytes);
-    info[2 * size_t(rank) + 1] = int64_t(f.xxh64);
-  });
-  if (world) world->all_gather(info.data() + 2 * rank, info.data(), info.size());
+      const CheckpointFile f = w.finish(file);
+      info[2 * size_t(rank)] = int64_t(f.bytes);
+      info[2 * size_t(rank) + 1] = int64_t(f.xxh64);
+    });
+    if (world) world->all_gather(info.data() + 2 * rank, info.data(), info.size());
 
-  // Commit: the manifest, the directory rename, then `latest`.
-  all_or_none(world, "committing " + final_dir, [&] {
-    if (rank != 0) return;
-    std::vector<CheckpointFile> files;
-    for (int r = 0; r < ranks; ++r)
-      files.push_back({rank_file_name(r), uint64_t(info[2 * size_t(r)]), uint64_t(info[2 * size_t(r) + 1])});
-    write_file_atomic((fs::path(tmp) / "manifest.json").string(),
-                      manifest_json(model, optimizer, state, layout, files).dump(1) + "\n");
-    NURI_CHECK(fsync_path(tmp), io, "save checkpoint", "cannot sync '" << tmp << "': " << std::strerror(errno));
+    // Commit: the manifest, the directory rename, then `latest`.
+    all_or_none(world, "committing " + final_dir, [&] {
+      if (rank != 0) return;
+      std::vector<CheckpointFile> files;
+      for (int r = 0; r < ranks; ++r)
+        files.push_back({rank_file_name(r), uint64_t(info[2 * size_t(r)]), uint64_t(info[2 * size_t(r) + 1])});
+      write_file_atomic((fs::path(tmp) / "manifest.json").string(),
+                        manifest_json(model, optimizer, state, layout, files).dump(1) + "\n");
+      NURI_CHECK(fsync_path(tmp), io, "save checkpoint", "cannot sync '" << tmp << "': " << std::strerror(errno));
+      std::error_code ec;
+      if (fs::exists(final_dir)) {  // the same step saved again (a resumed run): replace it
+        const std::string old = (fs::path(checkpoints_dir) / (".old-" + name)).string();
+        fs::remove_all(old, ec);
+        fs::rename(final_dir, old, ec);
+        NURI_CHECK(!ec, io, "save checkpoint", "cannot move the earlier '" << final_dir << "' aside: " << ec.message());
+      }
+      fs::rename(tmp, final_dir, ec);
+      NURI_CHECK(!ec, io, "save checkpoint", "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message());
+      NURI_CHECK(fsync_path(checkpoints_dir), io, "save checkpoint",
+                 "cannot sync '" << checkpoints_dir << "': " << std::strerror(errno));
+      write_file_atomic((fs::path(checkpoints_dir) / "latest").string(), name + "\n");
+      NURI_CHECK(fsync_path(checkpoints_dir), io, "save checkpoint",
+                 "cannot sync '" << checkpoints_dir << "': " << std::strerror(errno));
+      prune(checkpoints_dir, name, policy);
+    });
+  } catch (...) {
+    // Every rank is here (all_or_none): the partial directory goes; `latest` was not touched.
     std::error_code ec;
-    if (fs::exists(final_dir)) {  // the same step saved again (a resumed run): replace it
-      const std::string old = (fs::path(checkpoints_dir) / (".old-" + name)).string();
-      fs::remove_all(old, ec);
-      fs::rename(final_dir, old, ec);
-      NURI_CHECK(!ec, io, "save checkpoint", "cannot move the earlier '" << final_dir << "' aside: " << ec.message());
-    }
-    fs::rename(tmp, final_dir, ec);
-    NURI_CHECK(!ec, io, "save checkpoint", "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message());
-    NURI_CHECK(fsync_path(checkpoints_dir), io, "save checkpoint",
-               "cannot sync '" << checkpoints_dir << "': " << std::strerror(errno));
-    write_file_atomic((fs::path(checkpoints_dir) / "latest").string(), name + "\n");
-    NURI_CHECK(fsync_path(checkpoints_dir), io, "save checkpoint",
-               "cannot sync '" << checkpoints_dir << "': " << std::strerror(errno));
-    prune(checkpoints_dir, name, policy);
-  });
+    if (rank == 0) fs::remove_all(tmp, ec);
+    throw;
+  }
   return final_dir;
 }
 
