@@ -69,6 +69,27 @@ layout_case a22to11 4 "--set train.batch_size=2 --set parallel.tp=2 --set parall
 layout_case a12to21 2 "--set train.batch_size=2" 2 "--set train.batch_size=4 --set parallel.tp=2"
 layout_case a11to41 0 "--set train.batch_size=4" 4 "--set train.batch_size=4 --set parallel.tp=4"
 
+# ---- export from a checkpoint, and start a run from imported weights --------------------------------
+# The 2x2 ZeRO-1 checkpoint of step 20, assembled from its four rank files, must export exactly
+# what the run's model.bin (gathered from the TP slices at the end) exports.
+if "$nuri" export --model "$work/stop2x2" --out "$work/hf_ckpt" > "$work/export_ckpt.log" 2>&1 &&
+   "$nuri" export --model "$work/stop2x2/model.bin" --out "$work/hf_bin" > "$work/export_bin.log" 2>&1 &&
+   cmp -s "$work/hf_ckpt/model.safetensors" "$work/hf_bin/model.safetensors"; then
+  echo "ok: export of the 2x2 checkpoint = export of its model.bin ($(head -1 "$work/export_ckpt.log"))"
+else
+  bad "export from the checkpoint differs from the model file's (logs: $work/export_*.log)"
+fi
+if "$nuri" import --hf "$work/hf_ckpt" --out "$work/imported/model.bin" > "$work/import.log" 2>&1; then
+  train init 0 --set train.batch_size=4 --set train.steps=2 --set "train.init_from=\"$work/imported/model.bin\""
+  grep -q "starting from the weights in" "$work/init.log" || bad "init_from: no 'starting from' line"
+  first=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"train\"" in l][0]["loss"])' "$work/init/metrics.jsonl")
+  fresh=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"train\"" in l][0]["loss"])' "$work/straight/metrics.jsonl")
+  python3 -c "import sys; sys.exit(0 if $first < $fresh - 0.5 else 1)" && echo "ok: init_from the imported weights: first loss $first (fresh weights: $fresh)" ||
+    bad "init_from: first loss $first is not well below a fresh start's $fresh"
+else
+  bad "import of the exported checkpoint failed:"; tail -3 "$work/import.log"
+fi
+
 # ---- retention -----------------------------------------------------------------------------------
 train keep 0 --set train.batch_size=4 --set train.steps=10 --set checkpoint.every=1 --set checkpoint.keep_last=2 \
   --set checkpoint.keep_every=4

@@ -24,6 +24,7 @@
 // process killed at any point leaves `latest` naming a complete checkpoint (or none).
 // Multi-node: the checkpoints directory must be on a file system every rank sees.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -85,6 +86,36 @@ struct CheckpointPolicy {
 std::string save_checkpoint(const std::string& checkpoints_dir, const Model& model,
                             const AdamW& optimizer, const TrainerState& state,
                             const CheckpointLayout& layout, const CheckpointPolicy& policy = {});
+
+// Saves in the background. save() copies this rank's share of the parameters and moments into a
+// snapshot (host memory: 3 x its share of the fp32 state) and returns; a thread writes and commits
+// it, with its collectives on `comm`, a communicator of the same ranks as the world that nothing
+// else uses (Communicator::split; null for one process), so they cannot interleave with the
+// training's. One save at a time: save() first waits for the previous one. Errors of a background
+// save are thrown by the next save() or by wait(), on every rank (all ranks agree on failure).
+// Every rank must call save() and wait() alike.
+class AsyncCheckpointer {
+ public:
+  AsyncCheckpointer(std::string checkpoints_dir, std::shared_ptr<Communicator> comm, CheckpointPolicy policy = {});
+  ~AsyncCheckpointer();  // joins a save in flight (call wait() first to see its errors)
+  AsyncCheckpointer(const AsyncCheckpointer&) = delete;
+  AsyncCheckpointer& operator=(const AsyncCheckpointer&) = delete;
+
+  // Snapshots and starts writing; returns the seconds the caller was held (the wait for the
+  // previous save plus the copy): the stall a save costs training.
+  double save(const Model& model, const AdamW& optimizer, const TrainerState& state, const CheckpointLayout& layout);
+  // Waits for the save in flight; returns its directory ("" if none was in flight). Throws its error.
+  std::string wait();
+  // How long the last completed background write took.
+  double last_write_seconds() const;
+
+ private:
+  class Impl;
+  std::string dir_;
+  std::shared_ptr<Communicator> comm_;
+  CheckpointPolicy policy_;
+  std::unique_ptr<Impl> impl_;
+};
 
 // The checkpoint `latest` names in checkpoints_dir, or "" when there is none. Throws Error(io)
 // when `latest` names a directory that does not exist.

@@ -77,6 +77,9 @@ struct CheckpointConfig {
   // or a path (a checkpoint, or a run or checkpoints directory with a latest pointer).
   std::string resume = "auto";
   bool verify = true;       // check every rank file's xxh64 before resuming
+  // Write checkpoints in the background from a snapshot (training stalls only for the copy);
+  // falls back to a blocking save when the snapshot does not fit in the available memory.
+  bool async = true;
 };
 
 // How the ranks of an mpirun job share the work (parallel.hpp, comm.hpp). World size = tp x dp.

@@ -15,5 +15,8 @@ void add_train_command(CLI::App& app, const MpiEnvironment* mpi);
 void add_generate_command(CLI::App& app);
 void add_tokenizer_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app, const MpiEnvironment* mpi);
+// nuri export / nuri import: Hugging Face model directories (hf_commands.cpp).
+void add_export_command(CLI::App& app);
+void add_import_command(CLI::App& app);
 
 }  // namespace nuri::cli

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
   nuri::cli::add_generate_command(app);
   nuri::cli::add_tokenizer_train_command(app);
   nuri::cli::add_tokenize_command(app, mpi.get());
+  nuri::cli::add_export_command(app);
+  nuri::cli::add_import_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -248,6 +248,8 @@ std::vector<Key> schema(RunConfig& c) {
       string_key("checkpoint.resume", &k.resume, {},
                  "\"auto\" (the latest in checkpoint.dir, if any), \"none\", or a checkpoint or run directory"),
       bool_key("checkpoint.verify", &k.verify, "check every rank file's checksum before resuming"),
+      bool_key("checkpoint.async", &k.async,
+               "write checkpoints in the background from a snapshot (blocking if the snapshot does not fit in memory)"),
   };
 }
 

@@ -25,10 +25,12 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
 #include "nuri/optim.hpp"
+#include "nuri/timer.hpp"
 #include "train/model_json.hpp"
 
 #ifndef NURI_VERSION
@@ -355,29 +357,20 @@ class Reader {
   std::vector<std::vector<Entry>> index_;
 };
 
-}  // namespace
+// What one rank writes, copied out of the model and optimizer: the rank file's runs and data,
+// and the manifest's fields.
+struct CheckpointSnapshot {
+  int64_t step = 0;
+  std::vector<Run> runs;
+  std::vector<float> data;
+  nlohmann::json manifest;  // without "files" (rank 0 adds them at the commit)
+};
 
-// ---- save -------------------------------------------------------------------------------------
-
-std::string save_checkpoint(const std::string& checkpoints_dir, const Model& model, const AdamW& optimizer,
-                            const TrainerState& state, const CheckpointLayout& layout,
-                            const CheckpointPolicy& policy) {
-  Communicator* world = layout.world && layout.world->size() > 1 ? layout.world : nullptr;
-  const int rank = world ? world->rank() : 0, ranks = world ? world->size() : 1;
-  const std::string name = step_name(state.step);
-  const std::string tmp = (fs::path(checkpoints_dir) / (".tmp-" + name)).string();
-  const std::string final_dir = (fs::path(checkpoints_dir) / name).string();
-
-  all_or_none(world, "creating " + tmp, [&] {
-    if (rank != 0) return;
-    std::error_code ec;
-    fs::create_directories(checkpoints_dir, ec);
-    NURI_CHECK(!ec, io, "save checkpoint", "cannot create '" << checkpoints_dir << "': " << ec.message());
-    fs::remove_all(tmp, ec);
-    fs::create_directory(tmp, ec);
-    NURI_CHECK(!ec, io, "save checkpoint", "cannot create '" << tmp << "': " << ec.message());
-  });
-
+std::shared_ptr<CheckpointSnapshot> snapshot_checkpoint(const Model& model, const AdamW& optimizer,
+                                                        const TrainerState& state, const CheckpointLayout& layout) {
+  auto snap = std::make_shared<CheckpointSnapshot>();
+  snap->step = state.step;
+  snap->manifest = manifest_json(model, optimizer, state, layout, {});
   // This rank's share of the flat buffer, as runs of full-tensor elements.
   std::vector<ParamRange> share;
   if (layout.zero1) {
@@ -386,8 +379,8 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
     const BlockRange b = block_range(model.num_params(), layout.dp_size, layout.dp_rank);
     share.push_back({b.offset, b.count});
   }
-  std::vector<Run> runs;       // parameters first; the moments' runs follow below
-  std::vector<size_t> locals;  // the local flat offset of each parameter run
+  std::vector<Run>& runs = snap->runs;  // parameters first; the moments' runs follow below
+  std::vector<size_t> locals;           // the local flat offset of each parameter run
   const std::vector<ParamTensor>& tensors = model.tensors();
   for (const ParamRange& r : share) {
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -402,13 +395,13 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
     }
   }
   const size_t n = runs.size();
-  uint64_t data = 0;
+  uint64_t floats = 0;
   for (uint32_t kind = 0; kind < 3; ++kind) {
     for (size_t i = 0; i < n; ++i) {
       Run r = runs[i];
       r.kind = kind;
-      r.data = data;
-      data += r.count;
+      r.data = floats;
+      floats += r.count;
       if (kind == 0) {
         runs[i] = r;
       } else {
@@ -416,25 +409,50 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
       }
     }
   }
+  snap->data.resize(floats);
+  const std::vector<ParamRange>& owned = optimizer.owned();
+  float* dst = snap->data.data();
+  for (uint32_t kind = 0; kind < 3; ++kind) {
+    for (size_t i = 0; i < n; ++i) {
+      const size_t p = locals[i];
+      const float* src = kind == 0 ? model.params() + p
+                                   : (kind == 1 ? optimizer.exp_avg() : optimizer.exp_avg_sq()) + moment_index(owned, p);
+      std::memcpy(dst, src, runs[i].count * sizeof(float));
+      dst += runs[i].count;
+    }
+  }
+  return snap;
+}
+
+// Writes a snapshot and commits it (the I/O half of a save; any thread, collective over comm).
+std::string write_checkpoint(const std::string& checkpoints_dir, const CheckpointSnapshot& snap, Communicator* comm,
+                             const CheckpointPolicy& policy) {
+  Communicator* world = comm && comm->size() > 1 ? comm : nullptr;
+  const int rank = world ? world->rank() : 0, ranks = world ? world->size() : 1;
+  const std::string name = step_name(snap.step);
+  const std::string tmp = (fs::path(checkpoints_dir) / (".tmp-" + name)).string();
+  const std::string final_dir = (fs::path(checkpoints_dir) / name).string();
+
+  all_or_none(world, "creating " + tmp, [&] {
+    if (rank != 0) return;
+    std::error_code ec;
+    fs::create_directories(checkpoints_dir, ec);
+    NURI_CHECK(!ec, io, "save checkpoint", "cannot create '" << checkpoints_dir << "': " << ec.message());
+    fs::remove_all(tmp, ec);
+    fs::create_directory(tmp, ec);
+    NURI_CHECK(!ec, io, "save checkpoint", "cannot create '" << tmp << "': " << ec.message());
+  });
 
   std::vector<int64_t> info(2 * size_t(ranks), 0);  // (bytes, xxh64) of every rank's file
   try {
     all_or_none(world, "writing the rank files of " + tmp, [&] {
       const std::string file = rank_file_name(rank);
       HashedWriter w((fs::path(tmp) / file).string());
-      const uint64_t header[2] = {uint64_t(rank), uint64_t(runs.size())};
+      const uint64_t header[2] = {uint64_t(rank), uint64_t(snap.runs.size())};
       w.write(kRankMagic, 8);
       w.write(header, sizeof header);
-      w.write(runs.data(), runs.size() * sizeof(Run));
-      const std::vector<ParamRange>& owned = optimizer.owned();
-      for (uint32_t kind = 0; kind < 3; ++kind) {
-        for (size_t i = 0; i < n; ++i) {
-          const size_t p = locals[i];
-          const float* src = kind == 0 ? model.params() + p
-                                       : (kind == 1 ? optimizer.exp_avg() : optimizer.exp_avg_sq()) + moment_index(owned, p);
-          w.write(src, runs[i].count * sizeof(float));
-        }
-      }
+      w.write(snap.runs.data(), snap.runs.size() * sizeof(Run));
+      w.write(snap.data.data(), snap.data.size() * sizeof(float));
       const CheckpointFile f = w.finish(file);
       info[2 * size_t(rank)] = int64_t(f.bytes);
       info[2 * size_t(rank) + 1] = int64_t(f.xxh64);
@@ -444,11 +462,12 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
     // Commit: the manifest, the directory rename, then `latest`.
     all_or_none(world, "committing " + final_dir, [&] {
       if (rank != 0) return;
-      std::vector<CheckpointFile> files;
+      nlohmann::json manifest = snap.manifest;
+      nlohmann::json& files = manifest["files"] = nlohmann::json::array();
       for (int r = 0; r < ranks; ++r)
-        files.push_back({rank_file_name(r), uint64_t(info[2 * size_t(r)]), uint64_t(info[2 * size_t(r) + 1])});
-      write_file_atomic((fs::path(tmp) / "manifest.json").string(),
-                        manifest_json(model, optimizer, state, layout, files).dump(1) + "\n");
+        files.push_back({{"name", rank_file_name(r)}, {"bytes", info[2 * size_t(r)]},
+                         {"xxh64", hex64(uint64_t(info[2 * size_t(r) + 1]))}});
+      write_file_atomic((fs::path(tmp) / "manifest.json").string(), manifest.dump(1) + "\n");
       NURI_CHECK(fsync_path(tmp), io, "save checkpoint", "cannot sync '" << tmp << "': " << std::strerror(errno));
       std::error_code ec;
       if (fs::exists(final_dir)) {  // the same step saved again (a resumed run): replace it
@@ -474,6 +493,64 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
   }
   return final_dir;
 }
+
+}  // namespace
+
+// ---- save -------------------------------------------------------------------------------------
+
+std::string save_checkpoint(const std::string& checkpoints_dir, const Model& model, const AdamW& optimizer,
+                            const TrainerState& state, const CheckpointLayout& layout,
+                            const CheckpointPolicy& policy) {
+  return write_checkpoint(checkpoints_dir, *snapshot_checkpoint(model, optimizer, state, layout), layout.world,
+                          policy);
+}
+
+class AsyncCheckpointer::Impl {
+ public:
+  std::thread thread;
+  std::exception_ptr error;
+  std::string last_dir;
+  double last_write_s = 0;
+};
+
+AsyncCheckpointer::AsyncCheckpointer(std::string checkpoints_dir, std::shared_ptr<Communicator> comm,
+                                     CheckpointPolicy policy)
+    : dir_(std::move(checkpoints_dir)), comm_(std::move(comm)), policy_(policy), impl_(std::make_unique<Impl>()) {}
+
+AsyncCheckpointer::~AsyncCheckpointer() {
+  if (impl_->thread.joinable()) impl_->thread.join();  // errors are lost here: call wait() first
+}
+
+double AsyncCheckpointer::save(const Model& model, const AdamW& optimizer, const TrainerState& state,
+                               const CheckpointLayout& layout) {
+  Timer t;
+  wait();  // one save at a time: the comm's collectives must come in the same order on every rank
+  auto snap = snapshot_checkpoint(model, optimizer, state, layout);
+  impl_->thread = std::thread([this, snap] {
+    try {
+      Timer w;
+      impl_->last_dir = write_checkpoint(dir_, *snap, comm_.get(), policy_);
+      impl_->last_write_s = w.seconds();
+    } catch (...) {
+      impl_->error = std::current_exception();
+    }
+  });
+  return t.seconds();
+}
+
+std::string AsyncCheckpointer::wait() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->error) {
+    std::exception_ptr e = impl_->error;
+    impl_->error = nullptr;
+    std::rethrow_exception(e);
+  }
+  std::string dir = impl_->last_dir;
+  impl_->last_dir.clear();
+  return dir;
+}
+
+double AsyncCheckpointer::last_write_seconds() const { return impl_->last_write_s; }
 
 // ---- find and read ----------------------------------------------------------------------------
 

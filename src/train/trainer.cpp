@@ -482,6 +482,40 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     return lead ? text : std::string();
   };
 
+  // Background saves need a snapshot of this rank's share of the state (3 x fp32) in memory, and a
+  // communicator of their own (created on every rank alike).
+  const double snapshot_bytes = 3.0 * 4.0 * double(model.num_params()) / std::max(1, dp_size);
+  const double available = available_memory_bytes();
+  bool async_ckpt = kc.async && (available <= 0 || snapshot_bytes * (grid ? grid->local_size() : 1) < 0.5 * available);
+  if (world_comm) {  // every rank must take the same decision
+    int32_t a = async_ckpt ? 1 : 0;
+    world_comm->all_reduce(&a, 1, ReduceOp::min);
+    async_ckpt = a == 1;
+  }
+  if (kc.async && !async_ckpt && lead)
+    NURI_WARN("checkpoint.async: a snapshot needs " << std::lround(snapshot_bytes / 1048576.0)
+              << " MiB per rank, more than half the available memory; checkpoints are written blocking");
+  std::unique_ptr<AsyncCheckpointer> async;
+  if (async_ckpt)
+    async = std::make_unique<AsyncCheckpointer>(ckpt_dir, grid ? grid->world().split(0, grid->world_rank(), "checkpoint")
+                                                               : nullptr,
+                                                CheckpointPolicy{kc.keep_last, kc.keep_every});
+  int pending_step = -1;  // the step of the background save in flight
+  double pending_stall = 0;
+  // Reports a finished background save (and rethrows its error).
+  auto finish_async = [&] {
+    if (!async || pending_step < 0) return;
+    const std::string dir = async->wait();
+    char line[96];
+    std::snprintf(line, sizeof line, " (written in the background in %.2f s; training stalled %.3f s)",
+                  async->last_write_seconds(), pending_stall);
+    NURI_INFO("checkpoint: " << dir << line);
+    if (lead)
+      metrics << nlohmann::json{{"type", "checkpoint"}, {"step", pending_step}, {"dir", dir},
+                                {"stall_s", pending_stall}, {"write_s", async->last_write_seconds()}}.dump()
+              << "\n";
+    pending_step = -1;
+  };
   auto save_ckpt = [&](int steps_done) {
     TrainerState st;
     st.step = steps_done;
@@ -493,13 +527,23 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     st.tokenizer_hash = tokenizer->hash();
     st.skipped_steps = result.skipped_steps;
     st.skips_in_row = skips_in_row;
+    last_saved = steps_done;
+    if (async) {
+      finish_async();
+      pending_stall = async->save(model, engine.optimizer(), st, ckpt_layout);
+      pending_step = steps_done;
+      return;
+    }
     Timer t;
     const std::string dir = save_checkpoint(ckpt_dir, model, engine.optimizer(), st, ckpt_layout,
                                             {kc.keep_last, kc.keep_every});
-    last_saved = steps_done;
     char line[64];
-    std::snprintf(line, sizeof line, " (%.2f s)", t.seconds());
+    std::snprintf(line, sizeof line, " (%.2f s, blocking)", t.seconds());
     NURI_INFO("checkpoint: " << dir << line);
+    if (lead)
+      metrics << nlohmann::json{{"type", "checkpoint"}, {"step", steps_done}, {"dir", dir},
+                                {"stall_s", t.seconds()}, {"write_s", t.seconds()}}.dump()
+              << "\n";
   };
 
   for (int step = start_step; step < end_step; ++step) {
@@ -602,6 +646,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   }
   // The end of this run (or a planned stop) gets a checkpoint, unless that step has one already.
   if ((kc.at_end || end_step < tc.steps) && last_saved != end_step && end_step > start_step) save_ckpt(end_step);
+  finish_async();
   result.tokens_per_second = timed_seconds > 0 ? double(tokens_per_step) * timed_steps / timed_seconds : 0;
   const DataParallelStats& ds = engine.stats();
   result.step_s = timed_steps > 0 ? timed_seconds / timed_steps : 0;
