@@ -500,6 +500,11 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     async = std::make_unique<AsyncCheckpointer>(ckpt_dir, grid ? grid->world().split(0, grid->world_rank(), "checkpoint")
                                                                : nullptr,
                                                 CheckpointPolicy{kc.keep_last, kc.keep_every});
+  if (async) {  // this rank's share of the state, 3 floats per parameter (an upper bound)
+    const size_t share = engine.zero1() ? engine.optimizer().moment_floats()
+                                        : block_range(model.num_params(), dp_size, dp_rank).count;
+    async->reserve(3 * share);
+  }
   int pending_step = -1;  // the step of the background save in flight
   double pending_stall = 0;
   // Reports a finished background save (and rethrows its error).
