@@ -78,11 +78,12 @@ step "5/6 Training a 4-layer, 256-wide GPT-2-style model (5.3M parameters, 2.1M 
      10 steps: loss, learning rate, gradient norm, tokens/s, MFU, ETA. Every 300 steps it
      measures the loss on held-out text against a unigram baseline (expect about 5.3 nats a
      token at the end, 1.16 nats a byte, against 7.5 for the unigram); at the end it continues
-     the prompt \"이 문서는\" (\"This document...\") and saves the weights and the tokenizer.
-     \$ ${mpi[*]} -np 2 $nuri train --config $config${*:+ $*}"
+     the prompt \"이 문서는\" (\"This document...\") and saves the weights, a checkpoint and the
+     tokenizer. Each quickstart is a fresh run (--no-resume); a run of your own resumes by itself.
+     \$ ${mpi[*]} -np 2 $nuri train --config $config --no-resume${*:+ $*}"
 marker=$(mktemp)
 trap 'rm -f "$marker"' EXIT
-"${mpi[@]}" -np 2 "$nuri" train --config "$config" "$@"
+"${mpi[@]}" -np 2 "$nuri" train --config "$config" --no-resume "$@"
 
 metrics=$run_dir/metrics.jsonl
 if [[ ! -s $metrics || ! $metrics -nt $marker ]]; then

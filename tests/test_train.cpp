@@ -39,10 +39,16 @@ TEST_CASE("training a tiny model for 400 steps brings validation loss far below 
   CHECK(r.final_val_loss < 0.8 * r.unigram_val_loss);
   CHECK(std::filesystem::exists(r.model_path));
   std::ifstream metrics(r.metrics_path);
-  int lines = 0, evals = 0;
-  for (std::string line; std::getline(metrics, line); ++lines) evals += line.find("\"eval\"") != std::string::npos;
-  CHECK(lines == 400 + 4);
+  int lines = 0, evals = 0, checkpoints = 0;
+  for (std::string line; std::getline(metrics, line); ++lines) {
+    evals += line.find("\"eval\"") != std::string::npos;
+    checkpoints += line.find("\"checkpoint\"") != std::string::npos;
+  }
+  CHECK(lines == 400 + 4 + 1);
   CHECK(evals == 4);
+  CHECK(checkpoints == 1);  // checkpoint.at_end
+  CHECK(std::filesystem::exists(std::filesystem::path(r.metrics_path).parent_path() / "checkpoints" / "step-00000400" /
+                                "manifest.json"));
 }
 
 TEST_CASE("a non-finite loss stops the run when train.nonfinite = stop") {

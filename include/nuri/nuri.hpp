@@ -34,26 +34,34 @@
 //   nuri::save_model("model.bin", model);
 //   nuri::train(nuri::load_run_config("run.toml", {"train.steps=100"}));   // config.hpp
 //
-//   // 6. Data parallel under mpirun (comm.hpp, parallel.hpp): the same model, wrapped.
+//   // 6. Data and tensor parallel under mpirun (comm.hpp, parallel.hpp, tensor_parallel.hpp).
 //   nuri::MpiEnvironment mpi(&argc, &argv);
-//   nuri::ProcessGrid grid(mpi.world(), /*tp=*/1);
-//   nuri::DataParallel dp(model, *be, ocfg, grid.dp_ptr());   // bucketed all-reduce, ZeRO-1
+//   nuri::ProcessGrid grid(mpi.world(), /*tp=*/2);              // tp x dp = ranks
+//   nuri::Model tp_model(cfg, *be, {nuri::make_tensor_parallel_ops(grid.tp_ptr())});  // its slices
+//   tp_model.init_weights(1);                                   // the same model as one process
+//   nuri::DataParallel dp(tp_model, *be, ocfg, grid.dp_ptr(), {.tp = grid.tp_ptr()});  // ZeRO-1 too
 //   nuri::train(nuri::load_run_config("run.toml", {}), mpi.world());   // or a whole run, every rank
 //
+//   // 7. Checkpoints (checkpoint.hpp) load at any layout; Hugging Face safetensors (hf.hpp).
+//   nuri::CheckpointLayout where{&grid.world(), grid.tp_rank(), 2, grid.dp_rank(), grid.dp_size()};
+//   nuri::save_checkpoint("run/checkpoints", tp_model, dp.optimizer(), {.step = 1}, where);
+//   nuri::load_checkpoint(nuri::read_checkpoint(nuri::resolve_checkpoint("run")), tp_model, &dp.optimizer());
+//
 // Errors are thrown as nuri::Error (error.hpp) with a kind, the op, the rank and file:line.
-// Tensor-parallel layers and checkpoints arrive in their own headers; the model above will not
-// change for them.
 #include "nuri/backend.hpp"
+#include "nuri/checkpoint.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/config.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
+#include "nuri/hf.hpp"
 #include "nuri/log.hpp"
 #include "nuri/model.hpp"
 #include "nuri/optim.hpp"
 #include "nuri/parallel.hpp"
 #include "nuri/rng.hpp"
 #include "nuri/shards.hpp"
+#include "nuri/tensor_parallel.hpp"
 #include "nuri/text_source.hpp"
 #include "nuri/timer.hpp"
 #include "nuri/tokenizer.hpp"

@@ -323,8 +323,9 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
                  "train", "'" << path << "' was trained with another tokenizer than data.tokenizer = \"" << cfg.data.tokenizer
                               << "\" (hash differs); use the run's tokenizer, or start afresh with --no-resume");
       NURI_CHECK(manifest.state.step < tc.steps, config, "train",
-                 "'" << path << "' is at step " << manifest.state.step << ", which is not before train.steps = " << tc.steps
-                     << "; raise train.steps to train on, or start afresh with --no-resume");
+                 "the run in '" << path << "' is complete (step " << manifest.state.step << " of train.steps = "
+                     << tc.steps << "); raise train.steps to train on, start afresh with --no-resume, or use it: "
+                     << "nuri export --model " << path);
       load_checkpoint(manifest, model, &engine.optimizer());
       resumed = manifest.state;
       resumed_from = path;
