@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   clang libclang-rt-14-dev                                       # libFuzzer + ASan for the fuzz tests
   iproute2                                                       # simulated hosts (network namespaces) for tests/multinode
   slurmctld slurmd slurm-client                                  # a local Slurm for tests/multinode/test_slurm.sh (brings munge)
+  doxygen                                                        # the API reference (scripts/docs.sh), built warning-free by a test
 )
 if [[ ${1:-} == --tests ]]; then
   PACKAGES+=("${TEST_PACKAGES[@]}")

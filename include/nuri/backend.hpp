@@ -14,6 +14,9 @@
 #include <memory>
 #include <string>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 // The fused LM head holds at most this many logits at once (rows are processed in chunks of
@@ -153,3 +156,4 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0,
                                       const std::string& cpu_gemm = "auto");
 
 }  // namespace nuri
+NURI_API_END

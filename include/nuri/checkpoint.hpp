@@ -31,6 +31,9 @@
 
 #include "nuri/model.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class AdamW;
@@ -149,3 +152,4 @@ void load_checkpoint(const CheckpointManifest& manifest, Model& model, AdamW* op
 std::vector<float> read_checkpoint_parameters(const CheckpointManifest& manifest);
 
 }  // namespace nuri
+NURI_API_END

@@ -38,6 +38,9 @@
 #include <utility>
 #include <vector>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 // ---------------------------------------------------------------------------------------------
@@ -383,3 +386,4 @@ class ProcessGrid {
 };
 
 }  // namespace nuri
+NURI_API_END

@@ -12,6 +12,9 @@
 
 #include "nuri/model.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 // Training data comes from exactly one of: text files tokenized in memory at start
@@ -116,3 +119,4 @@ std::string describe_config_keys();
 std::string to_toml(const RunConfig& cfg);
 
 }  // namespace nuri
+NURI_API_END

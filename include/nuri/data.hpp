@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Tokenizer {
@@ -195,3 +198,4 @@ class DataLoader {
 };
 
 }  // namespace nuri
+NURI_API_END

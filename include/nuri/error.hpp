@@ -5,6 +5,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 enum class ErrorKind {
@@ -41,6 +44,7 @@ class Error : public std::runtime_error {
 };
 
 }  // namespace nuri
+NURI_API_END
 
 // NURI_THROW(kind, op, stream-expression): throws nuri::Error with file:line.
 //   NURI_THROW(config, "config", "unknown key '" << key << "'");

@@ -21,6 +21,9 @@
 
 #include "nuri/model.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 struct HfExportOptions {
@@ -62,3 +65,4 @@ struct HfModel {
 HfModel import_hf(const std::string& dir);
 
 }  // namespace nuri
+NURI_API_END

@@ -4,6 +4,9 @@
 #include <sstream>
 #include <string>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
@@ -14,6 +17,7 @@ void set_log_rank0_only(bool on);
 void log_message(LogLevel level, const std::string& text);
 
 }  // namespace nuri
+NURI_API_END
 
 #define NURI_LOG(level, msg)                                   \
   do {                                                         \

@@ -35,6 +35,9 @@
 #include <string>
 #include <vector>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Backend;
@@ -232,3 +235,4 @@ class Model {
 };
 
 }  // namespace nuri
+NURI_API_END

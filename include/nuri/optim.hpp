@@ -7,6 +7,9 @@
 #include "nuri/config.hpp"
 #include "nuri/model.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Backend;
@@ -65,3 +68,4 @@ class AdamW {
 };
 
 }  // namespace nuri
+NURI_API_END

@@ -60,6 +60,9 @@
 #include "nuri/model.hpp"
 #include "nuri/optim.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Backend;
@@ -166,3 +169,4 @@ class DataParallel {
 };
 
 }  // namespace nuri
+NURI_API_END

@@ -4,6 +4,9 @@
 // every platform and thread count. Not thread-safe: one Rng per thread or per purpose.
 #include <cstdint>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 // SplitMix64 finalizer: a good 64-bit mix of x.
@@ -33,3 +36,4 @@ class Rng {
 };
 
 }  // namespace nuri
+NURI_API_END

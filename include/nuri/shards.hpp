@@ -33,6 +33,9 @@
 #include "nuri/data.hpp"
 #include "nuri/text_source.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 inline constexpr uint32_t kShardFormatVersion = 1;
@@ -222,3 +225,4 @@ ShardManifest make_manifest(const Tokenizer& tokenizer, const TokenizeOptions& o
 
 
 }  // namespace nuri
+NURI_API_END

@@ -57,6 +57,9 @@
 #include "nuri/comm.hpp"
 #include "nuri/model.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Backend;
@@ -190,3 +193,4 @@ class RowParallelLinear {
 };
 
 }  // namespace nuri
+NURI_API_END

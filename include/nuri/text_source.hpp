@@ -17,6 +17,9 @@
 #include <string_view>
 #include <vector>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 enum class DocumentSplit { blank_line, line, file };
@@ -63,3 +66,4 @@ void for_each_document(const TextFile& file, const TextSourceOptions& options,
                        const std::function<void(uint64_t)>& on_bytes = {});
 
 }  // namespace nuri
+NURI_API_END

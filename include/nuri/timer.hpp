@@ -2,6 +2,9 @@
 // Wall-clock timing.
 #include <chrono>
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Timer {
@@ -17,3 +20,4 @@ class Timer {
 };
 
 }  // namespace nuri
+NURI_API_END

@@ -22,6 +22,9 @@
 
 #include "nuri/data.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 enum class Normalization { none, nfc, nfkc };
@@ -140,3 +143,4 @@ BpeTokenizer train_bpe(const std::vector<std::string>& paths, const TextSourceOp
                        const BpeTrainOptions& options);
 
 }  // namespace nuri
+NURI_API_END

@@ -7,6 +7,9 @@
 
 #include "nuri/config.hpp"
 
+#include "nuri/export.hpp"
+
+NURI_API_BEGIN
 namespace nuri {
 
 class Communicator;
@@ -77,3 +80,4 @@ double available_memory_bytes();
 double measure_peak_gflops(class Backend& backend);
 
 }  // namespace nuri
+NURI_API_END

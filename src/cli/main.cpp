@@ -15,10 +15,7 @@
 #include "cli/commands.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
-
-#ifndef NURI_VERSION
-#define NURI_VERSION "0.1.0"
-#endif
+#include "nuri/version.hpp"
 
 namespace {
 // Started by an MPI launcher (Open MPI's mpirun, or a PMI/PMIx one such as srun --mpi=pmix)?
@@ -48,7 +45,8 @@ int main(int argc, char** argv) {
   };
 
   CLI::App app{"nuri: train decoder language models on CPUs and GPUs, launched with mpirun"};
-  app.set_version_flag("--version", "nuri " NURI_VERSION);
+  app.set_version_flag("--version", std::string("nuri ") + nuri::version() +
+                                        (NURI_BUILT_WITH_NCCL ? " (with NCCL)" : " (CPU; built without NCCL)"));
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"

@@ -31,11 +31,9 @@
 #include "nuri/error.hpp"
 #include "nuri/optim.hpp"
 #include "nuri/timer.hpp"
+#include "nuri/version.hpp"
 #include "train/model_json.hpp"
 
-#ifndef NURI_VERSION
-#define NURI_VERSION "unknown"
-#endif
 
 namespace nuri {
 
@@ -202,7 +200,7 @@ nlohmann::json manifest_json(const Model& model, const AdamW& optimizer, const T
   for (const CheckpointFile& f : files) jf.push_back({{"name", f.name}, {"bytes", f.bytes}, {"xxh64", hex64(f.xxh64)}});
   return {{"format", "nuri-checkpoint"},
           {"version", 1},
-          {"nuri_version", NURI_VERSION},
+          {"nuri_version", version()},
           {"model", model_config_to_json(model.config())},
           {"tensors", tensors},
           {"step", s.step},
