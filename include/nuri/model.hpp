@@ -42,22 +42,24 @@ namespace nuri {
 
 class Backend;
 
+// The shape of a model (the config keys under [model]). Start from model_preset() and change fields;
+// validate() checks them (the Model constructor calls it).
 struct ModelConfig {
   std::string preset = "gpt2-tiny";  // the preset this config started from
   std::string family = "gpt2";       // "gpt2" | "llama"
-  int n_layer = 6;
-  int d_model = 384;
-  int n_head = 6;
+  int n_layer = 6;                   // transformer blocks
+  int d_model = 384;                 // model width C
+  int n_head = 6;                    // attention (query) heads H; must divide d_model
   int n_kv_head = 6;   // == n_head: multi-head attention; smaller: grouped-query attention
   int d_ff = 1536;     // MLP hidden width
-  int vocab_size = 8192;
-  int max_seq_len = 256;
+  int vocab_size = 8192;             // V; at least the tokenizer's vocabulary
+  int max_seq_len = 256;             // longest sequence (gpt2: rows of the position table)
   bool tied_embeddings = true;  // LM head shares the token embedding
-  float norm_eps = 1e-5f;
-  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;            // epsilon of LayerNorm / RMSNorm
+  float rope_theta = 10000.0f;       // RoPE base (llama)
   bool recompute = false;  // keep only each block's input; recompute the block in backward
 
-  int head_dim() const { return d_model / n_head; }
+  int head_dim() const { return d_model / n_head; }  // D = d_model / n_head
   // Throws Error(shape) naming the first inconsistency (e.g. n_head not dividing d_model).
   void validate() const;
   // Parameter count; with_positions=false leaves out the learned position table (for FLOPs).
@@ -69,12 +71,17 @@ struct ModelConfig {
 // Presets: gpt2-tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1.5b, llama-tiny, llama-1b, llama-8b,
 // llama-70b. Throws Error(config) listing the valid names for an unknown one.
 ModelConfig model_preset(const std::string& name);
+// The names model_preset() accepts, in the order above.
 std::vector<std::string> model_preset_names();
 
+// Bytes one device needs to train a model (estimate_memory), by part.
 struct MemoryEstimate {
-  double params_bytes, grads_bytes, adam_bytes;       // fp32 each
-  double activations_bytes;                           // without recompute
-  double activations_recompute_bytes;                 // with recompute
+  double params_bytes = 0;                            // parameters, fp32
+  double grads_bytes = 0;                             // gradients, fp32
+  double adam_bytes = 0;                              // both AdamW moments, fp32
+  double activations_bytes = 0;                       // without recompute
+  double activations_recompute_bytes = 0;             // with recompute
+  // The sum, with the activations of recompute on or off.
   double total(bool recompute) const {
     return params_bytes + grads_bytes + adam_bytes +
            (recompute ? activations_recompute_bytes : activations_bytes);
@@ -87,23 +94,26 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T);
 // columns (dimension 1, a matrix) of the full tensor. A piece maps `length` local indices from
 // `local_start` to full indices from `full_start` along `dim`.
 struct ShardPiece {
-  int64_t local_start = 0, full_start = 0, length = 0;
+  int64_t local_start = 0;  // first index along dim in this rank's tensor
+  int64_t full_start = 0;   // ... and in the full tensor
+  int64_t length = 0;       // indices in the piece
   // TP ranks holding this same piece (1: split; p: replicated; p/KV: a shared kv head).
   int replicas = 1;
 };
 
+// One named tensor of a model: a view into its flat parameter (and gradient) buffer.
 struct ParamTensor {
   std::string name;            // e.g. "blocks.3.attn.qkv.weight"
   std::vector<int64_t> shape;  // this rank's shape, e.g. {3*C, C} for a linear layer (out, in)
   size_t offset = 0;           // in floats, into params() / grads()
-  size_t numel = 0;
+  size_t numel = 0;            // elements (the product of shape)
   bool weight_decay = false;   // true for matrices and embeddings, false for norms and biases
   // The tensor on one process; equals `shape` without tensor parallelism.
   std::vector<int64_t> full_shape;
   // Tensor parallelism: the dimension the pieces index (0 rows, 1 columns) and the pieces, which
   // cover `shape[dim]`. A replicated tensor has dim 0 and one piece of the whole with replicas p.
   int dim = 0;
-  std::vector<ShardPiece> pieces;
+  std::vector<ShardPiece> pieces;  // this rank's runs of the full tensor along dim
 };
 
 // The collectives a tensor-parallel model needs. The model calls these and nothing else of
@@ -115,8 +125,9 @@ class TensorParallelOps {
   virtual ~TensorParallelOps() = default;
   virtual int size() const = 0;  // p
   virtual int rank() const = 0;  // r in [0, p)
-  // x[i] = sum (or max) over the group of x[i], in place.
+  // x[i] = sum over the group of x[i], in place.
   virtual void all_reduce_sum(float* x, size_t count) = 0;
+  // x[i] = max over the group of x[i], in place.
   virtual void all_reduce_max(float* x, size_t count) = 0;
   // full (p * count) = the ranks' `part` (count each) in rank order.
   virtual void all_gather(float* full, const float* part, size_t count) = 0;
@@ -126,14 +137,15 @@ class TensorParallelOps {
   // What the calls above cost since reset_stats(): every one blocks the caller, so under tensor
   // parallelism all of this time is exposed communication. (An implementation may keep none.)
   struct Stats {
-    uint64_t calls = 0;
+    uint64_t calls = 0;  // collectives called
     double bytes = 0;    // payload of the calls (count x 4 per rank; all_gather: the full buffer)
     double seconds = 0;  // wall time inside the calls
   };
-  virtual Stats stats() const { return {}; }
-  virtual void reset_stats() {}
+  virtual Stats stats() const { return {}; }  // the counters since reset_stats()
+  virtual void reset_stats() {}               // zeroes the counters
 };
 
+// How a Model is split over a tensor-parallel group (see the top of this file).
 struct TensorParallelOptions {
   std::shared_ptr<TensorParallelOps> ops;  // null or size 1: no tensor parallelism
   bool sequence_parallel = false;          // split the norm regions over rows (see above)
@@ -154,49 +166,80 @@ void place_into_full(const ParamTensor& t, const float* local, float* full, int 
 
 // A contiguous range of the flat parameter (and gradient) buffer, in floats.
 struct ParamRange {
-  size_t offset = 0;
-  size_t count = 0;
+  size_t offset = 0;  // first float
+  size_t count = 0;   // floats
 };
 
 // Called during backward with a range of grads() whose values are final for this
 // forward_backward: (offset, count) in floats. See Model::set_grad_ready_hook.
 using GradReadyHook = std::function<void(size_t offset, size_t count)>;
 
-class Model {
+// What nuri's optimizer (AdamW, optim.hpp) and data-parallel engine (DataParallel, parallel.hpp)
+// need of a model: a flat fp32 parameter buffer and its gradient buffer (host memory on the CPU
+// backend), named tensors over them, a training forward/backward that accumulates gradients,
+// and the grad-ready hook. Model implements it; so can a model of your own
+// (examples/installed/custom_decoder.cpp), which then trains with nuri's engine. The contracts
+// are Model's (below): forward_backward accumulates grad_scale * d(mean loss)/d(params) and, when
+// a hook is set, reports every range of grad_ready_order() once, in order, as it becomes final.
+class Trainable {
+ public:
+  virtual ~Trainable() = default;
+  virtual float* params() = 0;                // num_params() floats
+  virtual const float* params() const = 0;    // num_params() floats
+  virtual float* grads() = 0;                 // num_params() floats, laid out as params()
+  virtual const float* grads() const = 0;     // num_params() floats, laid out as params()
+  virtual size_t num_params() const = 0;      // floats in each buffer
+  // The named views into the buffers, sorted by offset and tiling them (weight_decay is read by
+  // AdamW; full_shape, dim and pieces by DataParallel under tensor parallelism).
+  virtual const std::vector<ParamTensor>& tensors() const = 0;
+  virtual void zero_grads() = 0;  // grads() = 0
+  // One micro-batch: tokens, targets (B,T), targets < 0 ignored; returns its mean loss.
+  virtual float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
+                                 float grad_scale = 1.0f) = 0;
+  virtual void set_grad_ready_hook(GradReadyHook hook) = 0;  // an empty hook turns it off
+  // Contiguous, disjoint ranges covering the buffer, in descending offset order.
+  virtual const std::vector<ParamRange>& grad_ready_order() const = 0;
+  virtual int tp_size() const { return 1; }  // TP ranks the model is split over
+};
+
+// nuri's decoder (see the top of this file): gpt2 and llama families, optionally tensor-parallel.
+// Not thread-safe: one thread calls it (a DataParallel engine's communication thread only
+// touches gradient ranges the hook has handed over).
+class Model : public Trainable {
  public:
   // Allocates parameters (zero) and gradients on `backend`, which must outlive the model. With
   // `tp`, this rank's slices (see the top of this file; forward and backward are then collective
   // over the group). Throws Error(config) for a config that cannot be split over tp.
   Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp = {});
-  ~Model();
+  ~Model() override;
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
-  const ModelConfig& config() const { return cfg_; }
-  int tp_size() const { return tp_size_; }
-  int tp_rank() const { return tp_rank_; }
-  bool sequence_parallel() const { return sequence_parallel_; }
+  const ModelConfig& config() const { return cfg_; }  // the validated config
+  int tp_size() const override { return tp_size_; }    // TP ranks (1: not split)
+  int tp_rank() const { return tp_rank_; }             // this rank in the TP group
+  bool sequence_parallel() const { return sequence_parallel_; }  // SP norm regions on
   TensorParallelOps* tp_ops() const { return tp_.get(); }  // null without tensor parallelism
   // GPT-2 initialisation: N(0, 0.02), residual output projections N(0, 0.02/sqrt(2L)), norms 1,
   // biases 0. Deterministic for a seed, and the same full tensors at any TP degree (each rank
   // draws the full tensor and keeps its slice).
   void init_weights(uint64_t seed);
 
-  float* params() { return params_; }
-  const float* params() const { return params_; }
-  float* grads() { return grads_; }
-  const float* grads() const { return grads_; }
-  size_t num_params() const { return num_params_; }
-  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  float* params() override { return params_; }               // this rank's parameters
+  const float* params() const override { return params_; }   // this rank's parameters
+  float* grads() override { return grads_; }                 // their gradients
+  const float* grads() const override { return grads_; }     // their gradients
+  size_t num_params() const override { return num_params_; } // floats on this rank
+  const std::vector<ParamTensor>& tensors() const override { return tensors_; }
   const ParamTensor& tensor(const std::string& name) const;  // throws for an unknown name
-  void zero_grads();
+  void zero_grads() override;                                // grads() = 0
 
   // Training micro-batch: tokens, targets (B,T), targets < 0 ignored. Runs the forward and the
   // backward, ACCUMULATING grad_scale * d(mean loss)/d(params) into grads(). Returns the mean
   // loss of this micro-batch. Throws Error(shape) if T > max_seq_len, Error(data) for a token
   // outside [0, vocab_size).
   float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
-                         float grad_scale = 1.0f);
+                         float grad_scale = 1.0f) override;
   // Gradient-ready hook: when set, every forward_backward calls it once per entry of
   // grad_ready_order(), in that order, as soon as backward has finished writing that range of
   // grads(): the final norm (and an untied LM head) first, then each block from the last to the
@@ -208,9 +251,9 @@ class Model {
   // micro-batch with no valid target still reports every range (its contribution is zero). An
   // empty hook (the default) turns it off. DataParallel (parallel.hpp) starts its bucketed
   // gradient reductions from here; the model itself knows nothing of communication.
-  void set_grad_ready_hook(GradReadyHook hook);
+  void set_grad_ready_hook(GradReadyHook hook) override;
   // The ranges the hook reports, in the order it reports them (fixed for the model's lifetime).
-  const std::vector<ParamRange>& grad_ready_order() const { return grad_ready_order_; }
+  const std::vector<ParamRange>& grad_ready_order() const override { return grad_ready_order_; }
 
   // Mean loss only (evaluation); no gradients, no state kept for a backward.
   float forward_loss(const int32_t* tokens, const int32_t* targets, int B, int T);

@@ -21,14 +21,16 @@ class Backend;
 //   constant: lr after warmup.
 double learning_rate(const OptimConfig& cfg, int step, int total_steps);
 
+// AdamW over a Trainable's flat buffers (all of them, or the ZeRO-1 ranges a rank owns), with
+// decoupled weight decay on the tensors marked weight_decay and global-norm clipping. One thread.
 class AdamW {
  public:
   // Allocates the moments (2 x num_params floats) on `backend`. The model must outlive this.
-  AdamW(const OptimConfig& cfg, Model& model, Backend& backend);
+  AdamW(const OptimConfig& cfg, Trainable& model, Backend& backend);
   // Sharded (ZeRO-1): updates only the `owned` ranges of the flat buffer, and keeps moments for
   // them alone (2 x the sum of their counts floats, in the order given). The ranges must lie inside
   // the buffer and not overlap (Error(internal) otherwise); an empty list owns nothing.
-  AdamW(const OptimConfig& cfg, Model& model, Backend& backend, std::vector<ParamRange> owned);
+  AdamW(const OptimConfig& cfg, Trainable& model, Backend& backend, std::vector<ParamRange> owned);
   ~AdamW();
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
@@ -41,14 +43,14 @@ class AdamW {
   // One update with learning rate `lr`, clipping the gradients to cfg.grad_clip by global norm
   // (computed here, or passed in as `norm` to avoid a second pass). Increments step().
   void step(double lr, double norm);
-  int step_count() const { return step_; }
+  int step_count() const { return step_; }  // updates done (the bias correction uses it)
   float* exp_avg() { return m_; }      // moment_floats() floats, owned ranges in order
-  float* exp_avg_sq() { return v_; }
-  const float* exp_avg() const { return m_; }
-  const float* exp_avg_sq() const { return v_; }
-  size_t moment_floats() const { return moment_floats_; }
-  const std::vector<ParamRange>& owned() const { return owned_; }
-  void set_step_count(int s) { step_ = s; }
+  float* exp_avg_sq() { return v_; }   // second moments, laid out as exp_avg()
+  const float* exp_avg() const { return m_; }     // first moments
+  const float* exp_avg_sq() const { return v_; }  // second moments
+  size_t moment_floats() const { return moment_floats_; }  // floats in each moment buffer
+  const std::vector<ParamRange>& owned() const { return owned_; }  // the ranges it updates
+  void set_step_count(int s) { step_ = s; }  // for a resumed optimizer (checkpoint.hpp)
 
  private:
   // One update call: a tensor, or the part of a tensor inside an owned range.
@@ -57,7 +59,7 @@ class AdamW {
     bool decay;
   };
   OptimConfig cfg_;
-  Model& model_;
+  Trainable& model_;
   Backend& backend_;
   std::vector<ParamRange> owned_;
   std::vector<Piece> pieces_;

@@ -67,6 +67,7 @@ namespace nuri {
 
 class Backend;
 
+// How DataParallel reduces gradients.
 struct DataParallelOptions {
   bool zero1 = false;      // shard the optimizer state (ZeRO-1)
   double bucket_mb = 25;   // bucket size in MiB of fp32 gradients; 0: one bucket per layer
@@ -78,7 +79,8 @@ struct DataParallelOptions {
 
 // One gradient bucket: a contiguous range of the flat buffer and the layers it covers.
 struct GradBucket {
-  size_t offset = 0, count = 0;   // in floats
+  size_t offset = 0;              // first float of the bucket
+  size_t count = 0;               // floats in it
   size_t first_layer = 0;         // index into Model::grad_ready_order() of its first layer
   size_t last_layer = 0;          // ... and of its last (the one whose readiness starts it)
   BlockRange owned;               // this rank's block of the bucket (offset relative to the bucket)
@@ -86,7 +88,7 @@ struct GradBucket {
 
 // Communication counters and times, summed over the steps since reset_stats().
 struct DataParallelStats {
-  int steps = 0;
+  int steps = 0;  // steps reduced
   // Seconds the DP collectives were in flight (queued work excluded: an operation counts from
   // when the communication thread could start it until it completed), including the small
   // blocking ones. This includes time spent waiting for slower ranks to arrive.
@@ -98,23 +100,25 @@ struct DataParallelStats {
   uint64_t buckets_done_in_backward = 0;         // ... and already complete when backward returned
 };
 
+// The data-parallel engine around a Trainable (see the top of this file). Collective calls must
+// come in the same order on every rank of the DP group; one training thread calls it.
 class DataParallel {
  public:
   // `dp`: the data-parallel group (ProcessGrid::dp_ptr()); null or size 1: no communication.
   // Builds the buckets and the optimizer (sharded under options.zero1). The model and backend
   // must outlive the engine; the engine sets the model's grad-ready hook and clears it when
   // destroyed. Throws Error(config) for bad options.
-  DataParallel(Model& model, Backend& backend, const OptimConfig& optim,
+  DataParallel(Trainable& model, Backend& backend, const OptimConfig& optim,
                std::shared_ptr<Communicator> dp, const DataParallelOptions& options = {});
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
-  int dp_size() const { return size_; }
-  int dp_rank() const { return rank_; }
-  bool zero1() const { return zero1_; }
-  const std::vector<GradBucket>& buckets() const { return buckets_; }
-  AdamW& optimizer() { return *optimizer_; }
+  int dp_size() const { return size_; }  // ranks in the DP group
+  int dp_rank() const { return rank_; }  // this rank in it
+  bool zero1() const { return zero1_; }  // ZeRO-1 in effect (requested and more than one rank)
+  const std::vector<GradBucket>& buckets() const { return buckets_; }  // in backward order
+  AdamW& optimizer() { return *optimizer_; }  // the (sharded) optimizer it steps
 
   // Copies rank 0's parameters to every rank (collective).
   void broadcast_parameters();
@@ -125,6 +129,7 @@ class DataParallel {
   float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
                          float grad_scale, bool last_micro_batch);
 
+  // What reduce() returns: the same on every rank.
   struct Reduced {
     double loss = 0;       // mean over the DP ranks of `local_loss`
     double grad_norm = 0;  // L2 norm of the DP-averaged gradient (unclipped)
@@ -137,15 +142,15 @@ class DataParallel {
   // parameters, so every rank ends with the same parameters. Collective.
   void step(double lr, double grad_norm);
 
-  const DataParallelStats& stats() const { return stats_; }
-  void reset_stats() { stats_ = {}; }
+  const DataParallelStats& stats() const { return stats_; }  // since reset_stats()
+  void reset_stats() { stats_ = {}; }  // zeroes the counters (after a warm-up step)
 
  private:
   class Impl;
   void on_grads_ready(size_t offset, size_t count);
   void start_bucket(size_t b, bool in_backward);
 
-  Model& model_;
+  Trainable& model_;
   Backend& backend_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<Communicator> tp_;  // null without tensor parallelism

@@ -11,10 +11,10 @@
 
 namespace nuri {
 
-AdamW::AdamW(const OptimConfig& cfg, Model& model, Backend& backend)
+AdamW::AdamW(const OptimConfig& cfg, Trainable& model, Backend& backend)
     : AdamW(cfg, model, backend, {ParamRange{0, model.num_params()}}) {}
 
-AdamW::AdamW(const OptimConfig& cfg, Model& model, Backend& backend, std::vector<ParamRange> owned)
+AdamW::AdamW(const OptimConfig& cfg, Trainable& model, Backend& backend, std::vector<ParamRange> owned)
     : cfg_(cfg), model_(model), backend_(backend), owned_(std::move(owned)) {
   NURI_CHECK(cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 && cfg.beta2 < 1, config, "AdamW",
              "optim.beta1 and optim.beta2 must be in [0, 1), got " << cfg.beta1 << " and " << cfg.beta2);

@@ -96,7 +96,7 @@ class DataParallel::Impl {
   Clock::time_point last_done_{};
 };
 
-DataParallel::DataParallel(Model& model, Backend& backend, const OptimConfig& optim,
+DataParallel::DataParallel(Trainable& model, Backend& backend, const OptimConfig& optim,
                            std::shared_ptr<Communicator> dp, const DataParallelOptions& options)
     : model_(model), backend_(backend), comm_(std::move(dp)), impl_(std::make_unique<Impl>()) {
   NURI_CHECK(std::isfinite(options.bucket_mb) && options.bucket_mb >= 0, config, "DataParallel",

@@ -8,7 +8,8 @@
 #   3. libnuri.so exports the public API and hides internals.
 #   4. examples/installed is configured out of tree with find_package(nuri) from the prefix and
 #      built; parallel_loop trains under mpirun at tp 2 x dp 2 and writes a checkpoint, which
-#      perplexity (shared and static builds) scores; the two agree.
+#      perplexity (shared and static builds) scores; the two agree; custom_decoder, a model defined
+#      outside nuri, passes its gradient check and trains with nuri's DataParallel under mpirun.
 #   5. A program built with `pkg-config --cflags --libs nuri` runs.
 # Usage: test_install.sh BUILD_DIR SOURCE_DIR WORKDIR CORPUS_DIR MPIEXEC
 set -u
@@ -80,6 +81,12 @@ else
     ok "parallel_loop (mpirun -np 4, tp 2 x dp 2, ZeRO-1): $(grep -m1 -o 'loss .* -> .*' "$work/loop.log")"
   else
     bad "parallel_loop failed or its loss did not fall:"; tail -5 "$work/loop.log"
+  fi
+  if OMP_NUM_THREADS=1 "${mpi[@]}" -np 2 "$work/examples/custom_decoder" --steps 40 --text "$work/text.txt" \
+       > "$work/custom.log" 2>&1; then
+    ok "custom_decoder (mpirun -np 2, nuri's DataParallel + ZeRO-1 on a model defined outside nuri): $(grep -m1 -o 'gradient check: .*' "$work/custom.log"); $(grep -m1 -o 'loss .* -> [0-9.]*' "$work/custom.log")"
+  else
+    bad "custom_decoder failed (its gradient check or training):"; tail -5 "$work/custom.log"
   fi
   head -c 20000 "$corpus/en_brown.txt" > "$work/score.txt"
   a=$("$work/examples/perplexity" "$work/run" "$work/score.txt" 2>&1) || bad "perplexity: $a"
