@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // The Backend interface: memory and the op set every model is built from.
 //
 // All tensors are fp32, row-major, given as raw pointers plus sizes. Shapes are in the comments:
@@ -24,19 +25,20 @@ namespace nuri {
 // faster (at V = 50257, 667-row chunks ran the gpt2-124m step 4-5% faster than 166-row ones).
 inline constexpr size_t kLmHeadChunkFloats = size_t(32) << 20;
 
+// A compute device: allocates fp32 buffers and runs the ops below on them. Made by make_backend.
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;
-  virtual int threads() const = 0;
+  virtual std::string name() const = 0;  // the name given to make_backend, e.g. "cpu"
+  virtual int threads() const = 0;       // worker threads the ops use
   // One line for logs: the name and what was chosen for this machine (threads, libraries).
   virtual std::string describe() const { return name(); }
 
   // ---- memory (owned by the caller until free) ----
   virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned
-  virtual void free(float* ptr) = 0;
-  virtual void zero(float* ptr, size_t count) = 0;
-  virtual void copy(float* dst, const float* src, size_t count) = 0;
+  virtual void free(float* ptr) = 0;  // releases a buffer from this backend's alloc()
+  virtual void zero(float* ptr, size_t count) = 0;  // ptr[0, count) = 0
+  virtual void copy(float* dst, const float* src, size_t count) = 0;  // dst = src, count floats
 
   // ---- dense algebra ----
   // C (M,N) = alpha * op(A) op(B) + beta * C, op(X) = X or X^T. lda/ldb/ldc are row strides.
@@ -76,6 +78,7 @@ class Backend {
   // ---- activations ----
   // GELU, tanh approximation (GPT-2's "gelu_new"). out may alias inp.
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  // dinp (n) = dout * gelu'(inp), overwritten.
   virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
   // out (N,F) = silu(inp[:, :F]) * inp[:, F:], inp (N,2F) = [gate | up].
   virtual void swiglu_forward(float* out, const float* inp, int N, int F) = 0;
@@ -150,8 +153,8 @@ class Backend {
 // Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the
 // default (cores on this node / ranks on this node). cpu_gemm picks the CPU backend's matrix
 // products: "auto" (the default, fp32: see src/backend/cpu/sgemm.hpp), "openblas", "eigen", or
-// "bf16" (inputs rounded to bf16, fp32 accumulation; needs AVX512_BF16); process-wide. Throws Error(backend) naming what is missing, Error(config) for a bad
-// name.
+// "bf16" (inputs rounded to bf16, fp32 accumulation; needs AVX512_BF16); process-wide.
+// Throws Error(backend) naming what is missing, Error(config) for a bad name.
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0,
                                       const std::string& cpu_gemm = "auto");
 

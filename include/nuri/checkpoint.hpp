@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Training checkpoints: one directory per save, one file per rank holding the slices that rank is
 // responsible for, a manifest, an atomic commit, and loading at any (tp, dp) layout. The format
 // is documented in docs/checkpoints.md.
@@ -42,7 +43,12 @@ class Communicator;
 // Where this rank sits; saving and loading are collective over `world`.
 struct CheckpointLayout {
   Communicator* world = nullptr;  // null: one process
-  int tp_rank = 0, tp_size = 1, dp_rank = 0, dp_size = 1;
+  // tp_rank: this rank's index in its TP group, in [0, tp_size).
+  int tp_rank = 0, tp_size = 1, dp_rank = 0, dp_size = 1;  // dp_size: ranks in a DP group
+  // \var tp_size
+  // tp_size: ranks in a TP group (the tensor-parallel degree).
+  // \var dp_rank
+  // dp_rank: this rank's index in its DP group, in [0, dp_size).
   bool zero1 = false;  // the optimizer holds only this rank's ZeRO-1 blocks
 };
 
@@ -52,33 +58,37 @@ struct TrainerState {
   int64_t tokens = 0;       // training tokens consumed by the whole job
   std::string loader;       // the data position: LoaderState::serialize(), or "batch-loader ..."
   uint64_t seed = 0;        // train.seed (the only random state: sampling derives from it and step)
-  uint64_t tokenizer_hash = 0;
-  int skipped_steps = 0, skips_in_row = 0;
+  uint64_t tokenizer_hash = 0;  // Tokenizer::hash() of the run's tokenizer; 0: not checked
+  // skipped_steps: steps skipped for a non-finite loss, in the whole run.
+  int skipped_steps = 0, skips_in_row = 0;  // skips_in_row: consecutive ones up to now
 };
 
+// One rank file of a checkpoint, as its manifest lists it.
 struct CheckpointFile {
   std::string name;  // "rank-00003.bin"
-  uint64_t bytes = 0;
-  uint64_t xxh64 = 0;
+  uint64_t bytes = 0;  // the file's size
+  uint64_t xxh64 = 0;  // xxh64 of the file's bytes
 };
 
+// A checkpoint's manifest.json, as read_checkpoint returns it.
 struct CheckpointManifest {
   std::string dir;  // the checkpoint directory it was read from
-  std::string nuri_version;
-  ModelConfig model;
+  std::string nuri_version;  // the version of nuri that wrote it
+  ModelConfig model;         // the model's configuration
   std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;  // name, full shape
-  TrainerState state;
-  int optimizer_step = 0;
-  int tp = 1, dp = 1;
-  bool zero1 = false;
-  std::vector<CheckpointFile> files;
+  TrainerState state;        // the trainer's state at the save
+  int optimizer_step = 0;    // AdamW's step count (for bias correction)
+  // tp: the tensor-parallel degree of the run that saved it.
+  int tp = 1, dp = 1;        // dp: its data-parallel degree
+  bool zero1 = false;        // whether that run sharded the moments (ZeRO-1)
+  std::vector<CheckpointFile> files;  // every rank file, each with its size and xxh64
 };
 
 // Which checkpoints a save keeps: the newest keep_last (>= 1), and every one whose step is a
 // multiple of keep_every (0: none) permanently.
 struct CheckpointPolicy {
-  int keep_last = 3;
-  int keep_every = 0;
+  int keep_last = 3;   // the newest this many are kept (values < 1 count as 1)
+  int keep_every = 0;  // steps that are multiples of this are kept for good; 0: none
 };
 
 // Saves `model`, `optimizer` and `state` as checkpoints_dir/step-<state.step> (see the top of this
@@ -99,6 +109,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, const Model& mod
 // Every rank must call save() and wait() alike.
 class AsyncCheckpointer {
  public:
+  // Saves go to checkpoints_dir/step-N under `policy`; `comm` as above. Starts no save.
   AsyncCheckpointer(std::string checkpoints_dir, std::shared_ptr<Communicator> comm, CheckpointPolicy policy = {});
   ~AsyncCheckpointer();  // joins a save in flight (call wait() first to see its errors)
   AsyncCheckpointer(const AsyncCheckpointer&) = delete;

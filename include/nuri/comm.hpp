@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Communication: the MPI environment, the Communicator interface (collectives with asynchronous
 // handles and a timeout that names the ranks that did not arrive) and the ProcessGrid that builds
 // the tensor-parallel (TP) and data-parallel (DP) groups from the world.
@@ -47,12 +48,17 @@ namespace nuri {
 // Element types and reductions
 // ---------------------------------------------------------------------------------------------
 
+// The element types a collective moves.
 enum class DataType { f32, f64, i32, i64 };
 const char* to_string(DataType type);  // "float", "double", "int32", "int64"
 size_t size_of(DataType type);         // bytes per element
 
+// DataTypeOf<T>::value: the DataType of T (float, double, int32_t, int64_t); defined for those
+// four only, so a typed collective on another T does not compile.
 template <class T>
-struct DataTypeOf;  // DataTypeOf<T>::value: the DataType of T (float, double, int32_t, int64_t)
+struct DataTypeOf;
+// \cond
+// The specializations; hidden from the API docs, which show DataTypeOf's comment above.
 template <>
 struct DataTypeOf<float> { static constexpr DataType value = DataType::f32; };
 template <>
@@ -61,13 +67,15 @@ template <>
 struct DataTypeOf<int32_t> { static constexpr DataType value = DataType::i32; };
 template <>
 struct DataTypeOf<int64_t> { static constexpr DataType value = DataType::i64; };
+// \endcond
 
 // avg = sum / group size, for f32 and f64 only (an Error(config) on integers).
 enum class ReduceOp { sum, avg, max, min };
-const char* to_string(ReduceOp op);
+const char* to_string(ReduceOp op);  // "sum", "avg", "max", "min"
 
+// Which collective a Collective describes.
 enum class CollectiveKind { all_reduce, reduce_scatter, all_gather, broadcast, barrier };
-const char* to_string(CollectiveKind kind);
+const char* to_string(CollectiveKind kind);  // the enumerator's name, e.g. "all_reduce"
 
 // The block partition that reduce_scatter and all_gather use for `total` elements over `parts`
 // ranks: block i has total / parts elements, plus one for the first total % parts blocks, and the
@@ -78,16 +86,16 @@ struct BlockRange {
   size_t offset = 0;  // first element of the block
   size_t count = 0;   // elements in the block (may be 0 when total < parts)
 };
-BlockRange block_range(size_t total, int parts, int index);
+BlockRange block_range(size_t total, int parts, int index);  // block `index` of the partition
 
 // One collective call as a communicator sees it. Pointers are borrowed: they must stay valid
 // until the call returns (blocking) or its handle is done (asynchronous).
 struct Collective {
-  CollectiveKind kind = CollectiveKind::barrier;
+  CollectiveKind kind = CollectiveKind::barrier;  // which collective; the default is a barrier
   const void* send = nullptr;  // input (all_reduce and broadcast: unused, data is `recv`)
   void* recv = nullptr;        // output (all_reduce and broadcast: the in-place buffer)
   size_t count = 0;            // all_reduce/broadcast: elements; reduce_scatter/all_gather: total
-  DataType type = DataType::f32;
+  DataType type = DataType::f32;  // element type of send and recv
   ReduceOp op = ReduceOp::sum;  // all_reduce and reduce_scatter
   int root = 0;                 // broadcast
 };
@@ -131,6 +139,7 @@ struct CommOpState;  // defined by the implementation
 class CommHandle {
  public:
   CommHandle() = default;
+  // A handle on `state`; made by Communicator implementations, not by users.
   explicit CommHandle(std::shared_ptr<detail::CommOpState> state);
   // Blocks until the collective has completed; throws its nuri::Error (every later wait() on a
   // copy throws it again).
@@ -172,11 +181,12 @@ class Communicator {
   Communicator& operator=(const Communicator&) = delete;
 
   virtual int rank() const = 0;  // in [0, size())
-  virtual int size() const = 0;
+  virtual int size() const = 0;  // ranks in the group, >= 1
   virtual const std::string& name() const = 0;  // "world", "tp", "dp", ...
   virtual const CommOptions& options() const = 0;  // with the defaults resolved
-  // Collectives issued so far (the next one gets sequence issued() + 1), and completed so far.
+  // Collectives issued so far (the next one gets sequence issued() + 1).
   virtual uint64_t issued() const = 0;
+  // Collectives completed so far (issued() - completed() are queued or running).
   virtual uint64_t completed() const = 0;
   // "group 'dp' (rank 1 of 4)".
   std::string describe() const;
@@ -201,6 +211,7 @@ class Communicator {
   void all_reduce(T* data, size_t count, ReduceOp op = ReduceOp::sum) {
     start(make<T>(CollectiveKind::all_reduce, nullptr, data, count, op, 0), false);
   }
+  // all_reduce without waiting; data must stay valid until the handle is done.
   template <class T>
   CommHandle all_reduce_async(T* data, size_t count, ReduceOp op = ReduceOp::sum) {
     return start(make<T>(CollectiveKind::all_reduce, nullptr, data, count, op, 0), true);
@@ -213,6 +224,7 @@ class Communicator {
   void reduce_scatter(const T* send, T* recv, size_t total, ReduceOp op = ReduceOp::sum) {
     start(make<T>(CollectiveKind::reduce_scatter, send, recv, total, op, 0), false);
   }
+  // reduce_scatter without waiting; send and recv must stay valid until the handle is done.
   template <class T>
   CommHandle reduce_scatter_async(const T* send, T* recv, size_t total,
                                   ReduceOp op = ReduceOp::sum) {
@@ -226,6 +238,7 @@ class Communicator {
   void all_gather(const T* send, T* recv, size_t total) {
     start(make<T>(CollectiveKind::all_gather, send, recv, total, ReduceOp::sum, 0), false);
   }
+  // all_gather without waiting; send and recv must stay valid until the handle is done.
   template <class T>
   CommHandle all_gather_async(const T* send, T* recv, size_t total) {
     return start(make<T>(CollectiveKind::all_gather, send, recv, total, ReduceOp::sum, 0), true);
@@ -236,13 +249,16 @@ class Communicator {
   void broadcast(T* data, size_t count, int root) {
     start(make<T>(CollectiveKind::broadcast, nullptr, data, count, ReduceOp::sum, root), false);
   }
+  // broadcast without waiting; data must stay valid until the handle is done.
   template <class T>
   CommHandle broadcast_async(T* data, size_t count, int root) {
     return start(make<T>(CollectiveKind::broadcast, nullptr, data, count, ReduceOp::sum, root),
                  true);
   }
 
+  // Returns when every rank of the group has called barrier (or barrier_async).
   void barrier() { start(Collective{}, false); }
+  // barrier without waiting: the handle is done once every rank has arrived.
   CommHandle barrier_async() { return start(Collective{}, true); }
 
  private:
@@ -277,17 +293,19 @@ class Communicator {
 // exception is propagating it aborts the job instead (the other ranks would hang otherwise).
 class MpiEnvironment {
  public:
+  // argc/argv (may be null) go to MPI_Init_thread; options (defaults resolved) are world()'s.
   explicit MpiEnvironment(int* argc = nullptr, char*** argv = nullptr,
                           const CommOptions& options = {});
   ~MpiEnvironment();
   MpiEnvironment(const MpiEnvironment&) = delete;
   MpiEnvironment& operator=(const MpiEnvironment&) = delete;
 
-  int world_rank() const { return world_rank_; }
-  int world_size() const { return world_size_; }
+  int world_rank() const { return world_rank_; }  // this process's rank in MPI_COMM_WORLD
+  int world_size() const { return world_size_; }  // ranks in MPI_COMM_WORLD (1 without mpirun)
   // A new communicator over all ranks, named "world". Collective: every rank must call it, and
   // from one thread at a time.
   std::shared_ptr<Communicator> world(const CommOptions& options) const;
+  // world() with the options given to the constructor.
   std::shared_ptr<Communicator> world() const { return world(options_); }
   // True between construction and destruction of the (one) environment.
   static bool active();
@@ -300,9 +318,10 @@ class MpiEnvironment {
 };
 
 // Prints "nuri: fatal: <what>" (with the rank, if the message lacks it) to stderr and ends the
-// whole job: MPI_Abort when MPI is running (so the other ranks do not hang in a collective),
-// otherwise std::exit. For main()'s catch block.
+// whole job: MPI_Abort when MPI is running with more than one rank (so the other ranks do not
+// hang in a collective), otherwise std::_Exit. For main()'s catch block.
 [[noreturn]] void abort_job(const std::exception& error, int exit_code = 1);
+// abort_job with a message instead of an exception: prints "nuri: fatal: <message>".
 [[noreturn]] void abort_job(const std::string& message, int exit_code = 1);
 
 // ---------------------------------------------------------------------------------------------
@@ -313,11 +332,12 @@ class MpiEnvironment {
 // order and name as `bootstrap` (an MPI communicator: rank 0's NCCL unique id is broadcast over
 // it). Collective over `bootstrap`. The communicator runs every collective on its own CUDA
 // stream in issue order; handles complete when the stream passes them. That stream does not wait
-// for the caller's: the data must be ready (its producing stream synchronized) before a call. Timeouts abort the NCCL
-// communicator and the job (options() are the bootstrap's), naming the operation but not the
-// missing ranks (NCCL does not report them); check_args is ignored. split() splits the
-// bootstrap group and builds a new NCCL communicator. Throws Error(backend) when nuri was built
-// without NCCL or there is no CUDA device, Error(config) for a device that does not exist.
+// for the caller's: the data must be ready (its producing stream synchronized) before a call.
+// Timeouts abort the NCCL communicator and the job (options() are the bootstrap's), naming the
+// operation but not the missing ranks (NCCL does not report them); check_args is ignored.
+// split() splits the bootstrap group and builds a new NCCL communicator. Throws Error(backend)
+// when nuri was built without NCCL or there is no CUDA device, Error(config) for a device that
+// does not exist.
 // (src/comm/nccl_communicator.cpp)
 std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> bootstrap, int device);
 // True when nuri was built with NCCL (make_nccl_communicator can work where there is a GPU).
@@ -329,12 +349,12 @@ bool nccl_available();
 
 // Where one rank sits.
 struct RankPlacement {
-  int world_rank = 0;
-  int tp_rank = 0;
-  int dp_rank = 0;
+  int world_rank = 0;  // rank in the world communicator
+  int tp_rank = 0;     // rank in its TP group: world_rank % tp
+  int dp_rank = 0;     // rank in its DP group: world_rank / tp
   int node = 0;        // node index: nodes numbered in order of their lowest world rank
   int local_rank = 0;  // rank among the ranks on its node
-  std::string host;
+  std::string host;    // host name (gethostname, at most 64 bytes)
 };
 
 // The (tp, dp) pairs whose product is world_size, tp ascending.
@@ -348,28 +368,29 @@ std::vector<std::pair<int, int>> grid_factorizations(int world_size);
 // concurrently with other collectives on `world`.
 class ProcessGrid {
  public:
+  // Splits `world` (shared, kept alive by the grid) into tp x dp; see the class comment.
   ProcessGrid(std::shared_ptr<Communicator> world, int tp, int dp = 0);
 
-  int world_rank() const { return world_->rank(); }
-  int world_size() const { return world_->size(); }
-  int tp_size() const { return tp_size_; }
-  int dp_size() const { return dp_size_; }
-  int tp_rank() const { return tp_->rank(); }
-  int dp_rank() const { return dp_->rank(); }
+  int world_rank() const { return world_->rank(); }  // this rank in the world
+  int world_size() const { return world_->size(); }  // tp_size() * dp_size()
+  int tp_size() const { return tp_size_; }           // ranks per TP group
+  int dp_size() const { return dp_size_; }           // ranks per DP group (number of TP groups)
+  int tp_rank() const { return tp_->rank(); }        // world_rank() % tp_size()
+  int dp_rank() const { return dp_->rank(); }        // world_rank() / tp_size()
   int node() const { return node_index_; }  // this rank's node index
-  int num_nodes() const { return num_nodes_; }
-  int local_rank() const { return node_->rank(); }
+  int num_nodes() const { return num_nodes_; }       // nodes the world spans
+  int local_rank() const { return node_->rank(); }   // this rank among those on its node
   int local_size() const { return node_->size(); }  // ranks on this node
   // CPU threads this rank should use by default: the node's cores / ranks on this node, >= 1.
   int threads_per_rank() const { return threads_per_rank_; }
 
-  Communicator& world() const { return *world_; }
+  Communicator& world() const { return *world_; }  // all ranks (the communicator given)
   Communicator& tp() const { return *tp_; }    // the ranks with this rank's dp_rank
   Communicator& dp() const { return *dp_; }    // the ranks with this rank's tp_rank
-  Communicator& node_group() const { return *node_; }
-  std::shared_ptr<Communicator> world_ptr() const { return world_; }
-  std::shared_ptr<Communicator> tp_ptr() const { return tp_; }
-  std::shared_ptr<Communicator> dp_ptr() const { return dp_; }
+  Communicator& node_group() const { return *node_; }  // the ranks on this node ("node")
+  std::shared_ptr<Communicator> world_ptr() const { return world_; }  // world(), shared
+  std::shared_ptr<Communicator> tp_ptr() const { return tp_; }        // tp(), shared
+  std::shared_ptr<Communicator> dp_ptr() const { return dp_; }        // dp(), shared
 
   // Every rank's placement, indexed by world rank (the same on every rank).
   const std::vector<RankPlacement>& placements() const { return placements_; }

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Run configuration: a TOML file plus `--set section.key=value` overrides.
 //
 //   nuri::RunConfig cfg = nuri::load_run_config("run.toml", {"optim.lr=3e-4", "model.n_layer=4"});
@@ -28,38 +29,40 @@ struct DataConfig {
   double val_fraction = 0.05;            // train_files: the last fraction of each file's documents
 };
 
+// The optimizer (AdamW) and learning-rate schedule: the [optim] section.
 struct OptimConfig {
-  double lr = 3e-4;
-  double min_lr = 3e-5;
-  int warmup_steps = 20;
+  double lr = 3e-4;       // peak learning rate, reached at the end of warmup
+  double min_lr = 3e-5;   // final learning rate of cosine and wsd; must not exceed lr
+  int warmup_steps = 20;  // steps of linear warmup
   std::string schedule = "cosine";  // "cosine" | "wsd" (warmup-stable-decay) | "constant"
   double decay_fraction = 0.2;      // wsd: the last fraction of steps decays linearly to min_lr
   double weight_decay = 0.1;        // decoupled; never on norms, biases (1-D parameters)
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
+  double beta1 = 0.9;    // AdamW decay rate of the first moment
+  double beta2 = 0.95;   // AdamW decay rate of the second moment
+  double eps = 1e-8;     // AdamW epsilon, added to sqrt(second moment)
   double grad_clip = 1.0;  // global L2 norm; 0 disables
 };
 
+// The training loop: the [train] section.
 struct TrainConfig {
-  int steps = 300;
+  int steps = 300;       // optimizer steps; the schedule spans them
   int batch_size = 8;    // sequences per micro-batch
   int seq_len = 128;     // tokens per sequence
   int grad_accum = 1;    // micro-batches per optimizer step
   int eval_every = 50;   // 0: only at the end
   int eval_batches = 8;  // validation micro-batches per evaluation
-  int log_every = 1;
-  uint64_t seed = 1234;
-  std::string run_dir = "runs/default";
+  int log_every = 1;     // steps between progress lines
+  uint64_t seed = 1234;  // seeds the weight initialization and the data order
+  std::string run_dir = "runs/default";  // where metrics, the config and the model go
   int threads = 0;                   // 0: cores of this node / ranks on this node
   double peak_gflops = 0;            // MFU denominator; 0: measure sgemm at start-up
   std::string nonfinite = "skip";    // "skip" the update or "stop" the run on a NaN/inf loss
   int max_nonfinite_skips = 5;       // consecutive skipped steps before the run stops anyway
   std::string sample_prompt = "";    // sampled at the end (and every sample_every steps)
-  int sample_every = 0;
-  int sample_tokens = 200;
-  double sample_temperature = 0.8;
-  int sample_top_k = 40;
+  int sample_every = 0;              // steps between samples; 0: at the end only
+  int sample_tokens = 200;           // tokens generated per sample
+  double sample_temperature = 0.8;   // sampling temperature; 0: greedy
+  int sample_top_k = 40;             // sample among the k likeliest tokens; 0: all
   bool save = true;  // write run_dir/model.bin at the end
   // Stop after this step, checkpointing there (a planned stop: a time limit, a test); the
   // schedule still spans train.steps and a later run resumes. 0: run to train.steps.
@@ -95,16 +98,17 @@ struct ParallelConfig {
   double comm_timeout_s = 300;  // seconds a collective may take before the job is aborted
 };
 
+// A whole run's configuration, as load_run_config reads it: one member per TOML section.
 struct RunConfig {
   std::string backend = "cpu";  // "cpu" | "cuda"
   std::string cpu_gemm = "auto";  // CPU GEMM: "auto" | "openblas" | "eigen" | "bf16" (mixed)
   std::string source;           // the file the config came from (for messages)
-  ModelConfig model;
-  DataConfig data;
-  OptimConfig optim;
-  TrainConfig train;
-  ParallelConfig parallel;
-  CheckpointConfig checkpoint;
+  ModelConfig model;            // [model]: the architecture (model.hpp)
+  DataConfig data;              // [data]: the training text or token shards
+  OptimConfig optim;            // [optim]: AdamW and the learning-rate schedule
+  TrainConfig train;            // [train]: the training loop
+  ParallelConfig parallel;      // [parallel]: tensor and data parallelism
+  CheckpointConfig checkpoint;  // [checkpoint]: saving and resuming
 };
 
 // Loads `path` (may be empty: defaults only), then applies `overrides` ("section.key=value",

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Data: a tokenizer interface, a tokenized text dataset and a deterministic, resumable loader.
 //
 // The byte-level tokenizer has ids 0..255 for the bytes of UTF-8 text and id 256 for
@@ -16,15 +17,17 @@
 NURI_API_BEGIN
 namespace nuri {
 
+// Text to token ids and back. Made by make_tokenizer (or BpeTokenizer in tokenizer.hpp).
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  virtual std::string name() const = 0;
-  virtual int vocab_size() const = 0;
-  virtual int eot_id() const = 0;
+  virtual std::string name() const = 0;  // for logs and manifests; "bytes" for the byte-level one
+  virtual int vocab_size() const = 0;    // every id is in [0, vocab_size())
+  virtual int eot_id() const = 0;        // the end-of-text id placed after every document
   // A fingerprint of everything that decides the ids (xxh64); token shards record it so that
   // data tokenized by one tokenizer is never read as if made by another.
   virtual uint64_t hash() const = 0;
+  // The ids of `text` (UTF-8), without an end-of-text id: callers append eot_id() themselves.
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   // Decodes ids to bytes; the result may be incomplete UTF-8 (see sanitize_utf8 to print it).
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
@@ -44,34 +47,37 @@ size_t first_invalid_utf8(const std::string& bytes);
 // lines; each document is followed by end-of-text. From each file the last `val_fraction` of its
 // documents go to validation (at least one when the file has two or more).
 struct TokenDataset {
-  std::vector<int32_t> train;
-  std::vector<int32_t> val;
-  int vocab_size = 0;
-  std::vector<std::string> files;
+  std::vector<int32_t> train;      // the training ids of every file, in file order
+  std::vector<int32_t> val;        // the validation ids of every file, in file order
+  int vocab_size = 0;              // the tokenizer's vocab_size()
+  std::vector<std::string> files;  // the files read
 };
 // Throws Error(io) naming a missing or unreadable file or a directory, Error(data) naming the
 // file, byte offset and line of the first invalid UTF-8 (e.g. legacy CP949/EUC-KR text).
 TokenDataset load_text_dataset(const std::vector<std::string>& files, const Tokenizer& tokenizer,
                                double val_fraction);
 
-// Frequencies of each id in `tokens` (length vocab_size), add-one smoothed, for the unigram loss.
-// unigram_loss: cross-entropy (nats/token) of `eval` under the unigram model of `fit`.
+// Cross-entropy (nats/token) of `eval` under the unigram model of `fit`: the frequency of each
+// id in `fit`, add-one smoothed over vocab_size ids. A baseline for the model's loss; 0 when
+// `eval` is empty. Every id must be in [0, vocab_size).
 double unigram_loss(const std::vector<int32_t>& fit, const std::vector<int32_t>& eval,
                     int vocab_size);
 
 // Deterministic, resumable batches of random windows over one in-memory token vector (the
-// trainer's loader for data.train_files; shard datasets use DataLoader below). Batch k (0-based, counted across the run)
-// draws its B windows from a counter-based RNG keyed by (seed, k, rank), so the loader's whole
-// state is one integer: `position()` / `set_position()` give exact resume. Ranks of a
-// data-parallel group (rank, world) draw disjoint sample indices.
+// trainer's loader for data.train_files; shard datasets use DataLoader below). Batch k (0-based,
+// counted across the run) draws its B windows from a counter-based RNG keyed by (seed, k, rank),
+// so the loader's whole state is one integer: `position()` / `set_position()` give exact resume.
+// Ranks of a data-parallel group (rank, world) draw disjoint sample indices.
 class BatchLoader {
  public:
+  // Keeps a reference to `tokens`, which must outlive the loader. Throws Error(data) when
+  // tokens hold fewer than T+1 ids, Error(internal) unless 0 <= rank < world.
   BatchLoader(const std::vector<int32_t>& tokens, int B, int T, uint64_t seed, int rank = 0,
               int world = 1);
   // Fills inputs and targets (B,T): targets are inputs shifted by one.
   void next(int32_t* inputs, int32_t* targets);
-  uint64_t position() const { return position_; }
-  void set_position(uint64_t p) { position_ = p; }
+  uint64_t position() const { return position_; }  // batches served so far (the next batch's k)
+  void set_position(uint64_t p) { position_ = p; }  // resume: the next batch is batch p
 
  private:
   const std::vector<int32_t>& tokens_;
@@ -81,28 +87,30 @@ class BatchLoader {
   uint64_t position_ = 0;
 };
 
-// Evaluation windows: consecutive, non-overlapping (B,T) batches from the start of `tokens`,
-// wrapping around when there are fewer than `batches` of them.
+// Evaluation batch `index`: consecutive, non-overlapping (B,T) batches from the start of `tokens`;
+// index is taken modulo the number of whole batches (at least one; a short text wraps around).
+// Throws Error(data) when tokens hold fewer than T+1 ids.
 void eval_batch(const std::vector<int32_t>& tokens, int B, int T, int index, int32_t* inputs,
                 int32_t* targets);
 
 // Token storage: a contiguous run of ids, 2 (uint16) or 4 (int32/uint32) bytes each, in memory or
 // memory-mapped. Cheap to copy; `owner` keeps the memory alive (a shard's mapping, a vector).
 struct TokenView {
-  const void* data = nullptr;
+  const void* data = nullptr;  // the first id: uint16 or int32 values, as token_bytes says
   uint64_t size = 0;   // tokens
   int token_bytes = 4;  // 2 or 4
   std::string source;  // where the tokens come from, for messages (a shard path, "data.train_files")
-  std::shared_ptr<const void> owner;
+  std::shared_ptr<const void> owner;  // keeps `data` alive; empty when it outlives the view anyway
 
-  int32_t operator[](uint64_t i) const {
+  int32_t operator[](uint64_t i) const {  // id i; i < size, unchecked
     return token_bytes == 2 ? int32_t(static_cast<const uint16_t*>(data)[i])
                             : static_cast<const int32_t*>(data)[i];
   }
   // out[0..n) = ids [start, start + n); the range must lie inside the view.
   void copy(uint64_t start, uint64_t n, int32_t* out) const;
-  // A view that owns (or shares) `tokens`.
+  // A view that owns `tokens` (moved into shared storage).
   static TokenView of(std::vector<int32_t> tokens, std::string source);
+  // A view that shares `tokens` (non-null), keeping it alive.
   static TokenView of(std::shared_ptr<const std::vector<int32_t>> tokens, std::string source);
 };
 
@@ -110,11 +118,12 @@ struct TokenView {
 class TokenStream {
  public:
   TokenStream() = default;
+  // The stream of `views`, in order; the views keep their memory alive.
   explicit TokenStream(std::vector<TokenView> views);
-  uint64_t size() const { return total_; }
+  uint64_t size() const { return total_; }  // tokens in all views together
   // out[0..n) = ids [pos, pos + n) of the stream, crossing views as needed; in range.
   void copy(uint64_t pos, uint64_t n, int32_t* out) const;
-  const std::vector<TokenView>& views() const { return views_; }
+  const std::vector<TokenView>& views() const { return views_; }  // the views, in stream order
 
  private:
   std::vector<TokenView> views_;
@@ -146,7 +155,7 @@ struct LoaderState {
   std::string serialize() const;
   // Throws Error(data) quoting the text when it is not what serialize() writes.
   static LoaderState deserialize(const std::string& text);
-  bool operator==(const LoaderState&) const = default;
+  bool operator==(const LoaderState&) const = default;  // equal in every field
 };
 
 // Deterministic, resumable, rank-disjoint batches of windows from weighted sources.
@@ -171,13 +180,14 @@ class DataLoader {
              int vocab_size = 0);
   // Fills inputs and targets (B,T): targets are inputs shifted by one.
   void next(int32_t* inputs, int32_t* targets);
-  LoaderState state() const { return state_; }
+  LoaderState state() const { return state_; }  // a copy of where the loader stands
   // Throws Error(data) when the state has a different number of sources.
   void set_state(const LoaderState& state);
 
-  size_t num_sources() const { return sources_.size(); }
-  const DataSource& source(size_t i) const { return sources_[i].source; }
+  size_t num_sources() const { return sources_.size(); }  // the sources given, in order
+  const DataSource& source(size_t i) const { return sources_[i].source; }  // i < num_sources()
   uint64_t windows(size_t i) const { return sources_[i].windows; }   // per epoch
+  // Source i's share of samples: its weight over the sum of weights.
   double probability(size_t i) const { return sources_[i].probability; }
 
  private:

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Symbol visibility. libnuri.so is compiled with hidden visibility (-fvisibility=hidden): what
 // the public headers declare is exported, because every public header wraps its declarations in
 // NURI_API_BEGIN / NURI_API_END, and nothing else is (internal functions and classes, and the

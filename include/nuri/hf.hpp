@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Hugging Face interop: model weights in the safetensors format with a transformers config.json.
 //
 //   export_hf: a nuri model (one-process layout) -> DIR/config.json + DIR/model.safetensors
@@ -26,6 +27,7 @@
 NURI_API_BEGIN
 namespace nuri {
 
+// Options of export_hf.
 struct HfExportOptions {
   // A shard holds tensors up to this many bytes (a larger tensor gets a shard of its own); one
   // file model.safetensors when everything fits.
@@ -46,6 +48,7 @@ struct HfExportSummary {
 HfExportSummary export_hf(const ModelConfig& cfg, const float* full_params, size_t count,
                           const std::string& out_dir, const HfExportOptions& options = {});
 
+// A model read by import_hf: its config and parameters in nuri's one-process layout.
 struct HfModel {
   ModelConfig config;          // preset "hf-gpt2" or "hf-llama"
   std::vector<float> params;   // one-process layout, parameter_layout(config)

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // A decoder-only transformer written for one device.
 //
 //   gpt2 family:  learned positions, LayerNorm (with bias), GELU MLP, biases on linear layers.

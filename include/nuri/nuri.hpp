@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // nuri: train decoder-only language models on CPUs (and, later, GPUs), launched with mpirun.
 //
 // A tour of the public API (each header documents its types: shapes, ownership, errors):

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // AdamW over a model's flat parameter buffer, learning-rate schedules and global-norm clipping.
 #include <cstddef>
 #include <string>

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Data parallelism around a Model: every rank of a DP group holds a full replica, computes
 // forward and backward on its own rows of the global batch, and the gradients are averaged over
 // the group before the optimizer step. The model is unchanged (it calls no communicator); the

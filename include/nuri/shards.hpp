@@ -1,11 +1,13 @@
 #pragma once
+// \file
 // Token shards: text tokenized once (`nuri tokenize`), stored as flat binary files and
 // memory-mapped by the loader. docs/data-format.md is the byte-level specification.
 //
 //   // Write: documents in, shards + manifest.json out (what `nuri tokenize` does on each rank).
 //   nuri::TokenizeOptions opt;  opt.output_dir = "shards/ko";  opt.sources.val_fraction = 0.01;
-//   nuri::TokenizeResult part = nuri::tokenize_to_shards({"corpus/"}, *tok, opt);
-//   nuri::write_manifest(opt.output_dir, nuri::make_manifest(*tok, opt, {part}));
+//   std::vector<nuri::TextFile> files = nuri::list_text_files({"corpus/"}, opt.sources);
+//   nuri::TokenizeResult part = nuri::tokenize_to_shards(files, *tok, opt);
+//   nuri::write_manifest(opt.output_dir, nuri::make_manifest(*tok, opt, files, {part}));
 //
 //   // Read: the manifest, each shard mapped and checked against the run's tokenizer.
 //   nuri::ShardCheck check;  check.tokenizer = tok.get();  check.max_vocab = cfg.model.vocab_size;
@@ -38,16 +40,18 @@
 NURI_API_BEGIN
 namespace nuri {
 
+// The shard and manifest format version this nuri writes and reads; other versions are refused.
 inline constexpr uint32_t kShardFormatVersion = 1;
+// Size of a shard file's header in bytes; the tokens start at this offset.
 inline constexpr uint64_t kShardHeaderBytes = 64;
 
 // The decoded header of a shard file.
 struct ShardHeader {
-  uint32_t version = kShardFormatVersion;
+  uint32_t version = kShardFormatVersion;  // format version
   uint32_t dtype = 2;           // bytes per token: 2 (uint16) or 4 (uint32)
   uint64_t vocab_size = 0;      // every id is < vocab_size
   uint64_t tokens = 0;          // end-of-text ids included
-  uint64_t documents = 0;
+  uint64_t documents = 0;       // documents (so end-of-text ids) in the shard
   uint64_t tokenizer_hash = 0;  // Tokenizer::hash() of the tokenizer that made it
   uint64_t content_xxh64 = 0;   // xxh64 (seed 0) of the token bytes as stored
 };
@@ -74,9 +78,9 @@ class TokenShard : public std::enable_shared_from_this<TokenShard> {
   TokenShard(const TokenShard&) = delete;
   TokenShard& operator=(const TokenShard&) = delete;
 
-  const std::string& path() const { return path_; }
-  const ShardHeader& header() const { return header_; }
-  uint64_t size() const { return header_.tokens; }
+  const std::string& path() const { return path_; }       // the path given to open()
+  const ShardHeader& header() const { return header_; }   // the validated header
+  uint64_t size() const { return header_.tokens; }        // tokens in the shard
   // The tokens; the view keeps this shard (and its mapping) alive.
   TokenView view() const;
   // Recomputes the xxh64 of the token bytes; throws Error(data) naming the file on a mismatch.
@@ -92,9 +96,9 @@ class TokenShard : public std::enable_shared_from_this<TokenShard> {
 
 // One shard as listed in a manifest. `file` is relative to the manifest's directory.
 struct ShardEntry {
-  std::string file;
-  uint64_t tokens = 0;
-  uint64_t documents = 0;
+  std::string file;        // file name, relative to the manifest's directory
+  uint64_t tokens = 0;     // the shard header's token count
+  uint64_t documents = 0;  // the shard header's document count
 };
 
 // Writes one shard: `path`.tmp while open, renamed to `path` by finish(). Not thread-safe.
@@ -109,8 +113,8 @@ class ShardWriter {
   // Appends the ids of one document, then `eot_id`. Throws Error(data) for an id outside
   // [0, vocab_size) (a tokenizer that disagrees with its own vocabulary), Error(io) on write errors.
   void add_document(const int32_t* ids, size_t n, int32_t eot_id);
-  uint64_t tokens() const { return header_.tokens; }
-  uint64_t documents() const { return header_.documents; }
+  uint64_t tokens() const { return header_.tokens; }        // written so far, eot ids included
+  uint64_t documents() const { return header_.documents; }  // documents added so far
   // Writes the header, flushes, fsyncs and renames to the final name. Returns the entry with
   // `file` = the final path's file name.
   ShardEntry finish();
@@ -125,28 +129,31 @@ class ShardWriter {
   bool finished_ = false;
 };
 
-// The description of a directory of shards (manifest.json).
+// The shards of one split (train or val) of a shard directory.
 struct ShardSplit {
   std::vector<ShardEntry> shards;  // in stream order
-  uint64_t tokens() const;
-  uint64_t documents() const;
+  uint64_t tokens() const;     // sum of the shards' tokens
+  uint64_t documents() const;  // sum of the shards' documents
 };
 
+// The description of a directory of shards (manifest.json).
 struct ShardManifest {
-  uint32_t version = kShardFormatVersion;
-  std::string tokenizer_name;
-  uint64_t tokenizer_hash = 0;
-  uint64_t vocab_size = 0;
-  int32_t eot_id = -1;
-  uint32_t dtype = 2;
+  uint32_t version = kShardFormatVersion;  // format version
+  std::string tokenizer_name;   // Tokenizer::name() of the tokenizer used
+  uint64_t tokenizer_hash = 0;  // its Tokenizer::hash()
+  uint64_t vocab_size = 0;      // its vocab_size(); every id is below it
+  int32_t eot_id = -1;          // its end-of-text id, which ends every document
+  uint32_t dtype = 2;           // bytes per token in the shards: 2 or 4
   std::vector<TextFile> sources;  // the input files, directories expanded
   std::string documents = "blank-line";  // how text files were split into documents
-  std::string jsonl_field = "text";
-  double val_fraction = 0;
-  ShardSplit train, val;
+  std::string jsonl_field = "text";  // the JSONL field read as a document
+  double val_fraction = 0;           // TextSourceOptions::val_fraction used
+  // train: the training split's shards.
+  ShardSplit train, val;  // val: the validation split's shards
   std::string created_at;  // UTC, ISO 8601
   std::string created_by;  // "nuri tokenize (nuri 0.1.0)"
-  int ranks = 1, threads = 1;
+  // ranks: how many ranks tokenized.
+  int ranks = 1, threads = 1;  // threads: encoding threads per rank
 };
 
 // Writes dir/manifest.json atomically (temporary file + rename). Throws Error(io).
@@ -157,11 +164,12 @@ ShardManifest read_manifest(const std::string& dir);
 
 // A shard directory opened for reading: the manifest and every shard mapped.
 struct ShardDataset {
-  std::string dir;
-  ShardManifest manifest;
-  std::vector<std::shared_ptr<TokenShard>> train, val;
-  std::vector<TokenView> train_views() const;
-  std::vector<TokenView> val_views() const;
+  std::string dir;          // the directory given to open_shard_dataset
+  ShardManifest manifest;   // its manifest.json
+  // train: the training split's shards, mapped, in stream order.
+  std::vector<std::shared_ptr<TokenShard>> train, val;  // val: the validation split's shards
+  std::vector<TokenView> train_views() const;  // a view of each train shard, in order
+  std::vector<TokenView> val_views() const;    // a view of each val shard, in order
 };
 // Reads the manifest, checks its tokenizer and vocabulary against `check` (before touching any
 // shard), then opens every shard with `check` and compares its counts with the manifest.
@@ -173,8 +181,9 @@ uint64_t token_stream_xxh64(const std::vector<TokenView>& views);
 
 // Tokenizing ------------------------------------------------------------------------------------
 
+// Options of tokenize_to_shards (and of make_manifest, which records them).
 struct TokenizeOptions {
-  std::string output_dir;
+  std::string output_dir;             // where shards go; created if missing; must be non-empty
   TextSourceOptions sources;          // documents, JSONL field, val_fraction, strict UTF-8
   uint64_t shard_tokens = 100'000'000;  // a shard is closed before a document would pass this
   int threads = 1;                    // encoding threads
@@ -191,7 +200,8 @@ struct TokenizeOptions {
 // the next document boundary, see docs/data-format.md).
 struct WorkUnit {
   size_t file = 0;  // index into the file list
-  uint64_t begin = 0, end = 0;
+  // begin: the unit's first byte (nominal).
+  uint64_t begin = 0, end = 0;  // end: one past its last byte (nominal)
 };
 // The units of `files` in stream order; depends only on the files and `unit_bytes`.
 std::vector<WorkUnit> plan_work_units(const std::vector<TextFile>& files, const TextSourceOptions& sources,
@@ -206,7 +216,8 @@ void for_each_document_in_unit(const TextFile& file, const WorkUnit& unit, const
 
 // What one rank wrote.
 struct TokenizeResult {
-  ShardSplit train, val;    // this rank's shards, in stream order
+  // train: this rank's training shards, in stream order.
+  ShardSplit train, val;    // val: this rank's validation shards, in stream order
   uint64_t bytes_read = 0;  // input bytes of this rank's units
 };
 

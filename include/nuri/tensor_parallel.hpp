@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // Tensor parallelism (Megatron-LM style): the TensorParallelOps a Model is built with (model.hpp
 // splits attention, MLP, embedding and loss with them), helpers that move a model's parameters
 // between its TP slices and the full tensors, and, for programs that build their own layers, the
@@ -120,15 +121,18 @@ void slice_last_dim(float* shard, const float* full, int rows, int cols, int tp,
 // in_features or out_features < 1.
 // ---------------------------------------------------------------------------------------------
 
+// Y = X W^T + b with W split on the output dimension: see "Column-parallel" above.
 class ColumnParallelLinear {
  public:
+  // Allocates this rank's block of W (and b when `bias`), zeroed, and the gradients; no
+  // communication. Keeps references to `backend` and `tp`.
   ColumnParallelLinear(Backend& backend, Communicator& tp, int in_features, int out_features,
                        bool bias = true);
   ~ColumnParallelLinear();
   ColumnParallelLinear(const ColumnParallelLinear&) = delete;
   ColumnParallelLinear& operator=(const ColumnParallelLinear&) = delete;
 
-  int in_features() const { return in_; }
+  int in_features() const { return in_; }                      // IN, replicated on every rank
   int out_features() const { return out_; }                    // OUT, the full width
   int local_out_features() const { return int(range_.count); }  // OUT_r (may be 0 if OUT < p)
   BlockRange out_range() const { return range_; }               // this rank's rows of W
@@ -137,7 +141,7 @@ class ColumnParallelLinear {
   float* bias() { return bias_; }        // (OUT_r), null without bias
   float* dweight() { return dweight_; }  // (OUT_r, IN)
   float* dbias() { return dbias_; }      // (OUT_r), null without bias
-  void zero_grads();
+  void zero_grads();  // sets dweight (and dbias) to 0
   // Copies this rank's shard of the full weight (OUT, IN) and bias (OUT; ignored without bias).
   void load_full(const float* full_weight, const float* full_bias);
 
@@ -156,8 +160,11 @@ class ColumnParallelLinear {
   float *weight_ = nullptr, *bias_ = nullptr, *dweight_ = nullptr, *dbias_ = nullptr;
 };
 
+// Y = X W^T + b with W split on the input dimension: see "Row-parallel" above.
 class RowParallelLinear {
  public:
+  // Allocates this rank's block of W, the whole b when `bias` (zeroed) and the gradients; no
+  // communication. Keeps references to `backend` and `tp`.
   RowParallelLinear(Backend& backend, Communicator& tp, int in_features, int out_features,
                     bool bias = true);
   ~RowParallelLinear();
@@ -165,7 +172,7 @@ class RowParallelLinear {
   RowParallelLinear& operator=(const RowParallelLinear&) = delete;
 
   int in_features() const { return in_; }                     // IN, the full width
-  int out_features() const { return out_; }
+  int out_features() const { return out_; }                   // OUT, replicated on every rank
   int local_in_features() const { return int(range_.count); }  // IN_r (may be 0 if IN < p)
   BlockRange in_range() const { return range_; }               // this rank's columns of W
 
@@ -173,7 +180,7 @@ class RowParallelLinear {
   float* bias() { return bias_; }        // (OUT), replicated; null without bias
   float* dweight() { return dweight_; }  // (OUT, IN_r)
   float* dbias() { return dbias_; }      // (OUT), the same on every rank; null without bias
-  void zero_grads();
+  void zero_grads();  // sets dweight (and dbias) to 0
   // Copies this rank's shard of the full weight (OUT, IN) and the whole bias (OUT).
   void load_full(const float* full_weight, const float* full_bias);
 

@@ -1,4 +1,5 @@
 #pragma once
+// \file
 // The trainer loop, sampling and the model file.
 #include <cstdint>
 #include <memory>
@@ -16,21 +17,28 @@ class Communicator;
 class Model;
 class Tokenizer;
 
+// What train() reports when it returns.
 struct TrainResult {
-  int steps_done = 0;
-  double final_train_loss = 0;
-  double final_val_loss = 0;
+  int steps_done = 0;            // steps done when it returned, resumed ones included
+  double final_train_loss = 0;   // loss of the last step run
+  double final_val_loss = 0;     // the last validation loss; 0 when there was no validation
   double unigram_val_loss = 0;  // the unigram baseline on the same validation text
-  double tokens_per_second = 0;
-  int skipped_steps = 0;
+  double tokens_per_second = 0;  // training tokens per second of the whole job, over timed steps
+  int skipped_steps = 0;         // steps skipped for a non-finite loss, resumed run included
   // Data parallelism (all per timed step, i.e. after the first): the DP degree, the wall time of
   // a step, the time DP collectives were in flight, and the part of it the training thread waited
   // for (not hidden behind backward). compute_s = step_s - exposed_comm_s.
   // Tensor parallelism: the TP degree and the per-step time and bytes in TP collectives (all
   // exposed: compute_s = step_s - exposed_comm_s - tp_comm_s).
-  int dp = 1, tp = 1;
-  double step_s = 0, comm_s = 0, exposed_comm_s = 0, compute_s = 0;
-  double tp_comm_s = 0, tp_comm_bytes = 0;
+  int dp = 1, tp = 1;  // tp: the TP degree
+  // step_s: wall seconds per step.
+  double step_s = 0, comm_s = 0, exposed_comm_s = 0, compute_s = 0;  // compute_s: the rest
+  // tp_comm_s: seconds per step in TP collectives (evaluation's left out).
+  double tp_comm_s = 0, tp_comm_bytes = 0;  // tp_comm_bytes: bytes per step in TP collectives
+  // \var comm_s
+  // comm_s: seconds per step DP collectives were in flight.
+  // \var exposed_comm_s
+  // exposed_comm_s: of comm_s, the seconds the training thread waited.
   std::string model_path;    // run_dir/model.bin, if saved
   std::string metrics_path;  // run_dir/metrics.jsonl
 };
@@ -50,13 +58,15 @@ struct TrainResult {
 // through the communicator's timeout unless the caller aborts it (nuri's main() calls abort_job).
 TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world = nullptr);
 
+// Options of sample().
 struct SampleOptions {
-  int max_tokens = 200;
+  int max_tokens = 200;      // most ids generated
   double temperature = 0.8;  // 0: greedy
   int top_k = 40;            // 0: the whole vocabulary
-  uint64_t seed = 1;
+  uint64_t seed = 1;         // seeds the Rng that draws the tokens
 };
-// Continues `prompt` (ids) with up to max_tokens ids; stops at end-of-text.
+// Continues `prompt` (ids) with up to max_tokens ids; stops at end-of-text. Returns only the new
+// ids (without the end-of-text); an empty prompt starts from eot_id, as a new document.
 std::vector<int32_t> sample(Model& model, const std::vector<int32_t>& prompt,
                             const SampleOptions& opt, int eot_id);
 
@@ -66,10 +76,13 @@ std::vector<int32_t> sample(Model& model, const std::vector<int32_t>& prompt,
 // A tensor-parallel model holds slices: gather_full_parameters (tensor_parallel.hpp) on every TP
 // rank, then save the full parameters with the second form (Error(internal) from the first).
 void save_model(const std::string& path, const Model& model);
+// The second form: `count` full parameters at `params` (host memory) with their config.
 void save_model(const std::string& path, const ModelConfig& config, const float* params, size_t count);
 // Reads the config of a model file (to build the Model), then the weights into `model` (its
 // slices, for a tensor-parallel model).
 ModelConfig read_model_config(const std::string& path);
+// The weights of a model file into `model`, whose config must give the file's parameter count.
+// Throws Error(io) for a count mismatch, a truncated file or a failed checksum.
 void load_model_weights(const std::string& path, Model& model);
 
 // Memory the kernel says is available to a new process (MemAvailable), in bytes; 0 if unknown.
