@@ -51,6 +51,13 @@ train stop1x1 0 --set train.batch_size=4
 echo "1x1: $(resumed_line stop1x1)"
 check straight stop1x1 --loss-rtol 0 --param-atol 0
 
+# Resumed from the older step-10 again, the run re-saves step 20 over the existing one: the new
+# directory is swapped in, the result is the same, nothing is left behind.
+train stop1x1 0 --set train.batch_size=4 --resume "$work/stop1x1/checkpoints/step-00000010"
+check straight stop1x1 --loss-rtol 0 --param-atol 0
+[ "$(cat "$work/stop1x1/checkpoints/latest")" = step-00000020 ] || bad "re-save: latest is not step-00000020"
+ls -a "$work/stop1x1/checkpoints" | grep -qE '^\.(tmp|old)-' && bad "re-save: a temporary directory was left behind"
+
 train straight2x2 4 --set train.batch_size=2 --set parallel.tp=2 --set parallel.zero1=true
 train stop2x2 4 --set train.batch_size=2 --set parallel.tp=2 --set parallel.zero1=true --set train.stop_at=10
 train stop2x2 4 --set train.batch_size=2 --set parallel.tp=2 --set parallel.zero1=true

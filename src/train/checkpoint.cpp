@@ -236,27 +236,64 @@ int64_t step_of(const std::string& name) {
 }
 
 // Removes the checkpoints the policy does not keep, and stale temporary directories (rank 0).
-void prune(const std::string& dir, const std::string& latest, const CheckpointPolicy& policy) {
-  std::vector<std::pair<int64_t, std::string>> steps;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
+// Only checkpoints up to `latest` count: after a resume from an older checkpoint, the newer ones
+// of the abandoned run are left alone (never deleted for you). Best effort, never throws: the
+// save it follows has succeeded already.
+void prune(const std::string& dir, const std::string& latest, const CheckpointPolicy& policy) noexcept {
+  try {
+    const int64_t latest_step = step_of(latest);
+    std::vector<std::pair<int64_t, std::string>> steps;
     std::error_code ec;
-    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) {
-      fs::remove_all(e.path(), ec);
-      continue;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code rm;
+      if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) {
+        fs::remove_all(it->path(), rm);
+        continue;
+      }
+      const int64_t s = step_of(name);
+      if (s >= 0 && s <= latest_step && it->is_directory(rm)) steps.push_back({s, name});
     }
-    const int64_t s = step_of(name);
-    if (s >= 0 && e.is_directory()) steps.push_back({s, name});
+    std::sort(steps.begin(), steps.end());
+    const size_t keep_last = size_t(std::max(1, policy.keep_last));
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const bool recent = i + keep_last >= steps.size();
+      const bool milestone = policy.keep_every > 0 && steps[i].first % policy.keep_every == 0;
+      if (recent || milestone || steps[i].second == latest) continue;
+      std::error_code rm;
+      fs::remove_all(fs::path(dir) / steps[i].second, rm);  // a failure keeps one more
+    }
+  } catch (...) {
+    // (allocation failure listing a directory): keep everything
   }
-  std::sort(steps.begin(), steps.end());
-  const size_t keep_last = size_t(std::max(1, policy.keep_last));
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const bool recent = i + keep_last >= steps.size();
-    const bool milestone = policy.keep_every > 0 && steps[i].first % policy.keep_every == 0;
-    if (recent || milestone || steps[i].second == latest) continue;
-    std::error_code ec;
-    fs::remove_all(fs::path(dir) / steps[i].second, ec);  // best effort: a failure keeps one more
+}
+
+// Moves the complete directory `tmp` to `final_dir`, which may exist (the same step saved again
+// by a resumed run). The two are swapped in one step (renameat2 RENAME_EXCHANGE), so `final_dir`
+// always names a complete checkpoint; where the file system cannot, the earlier one is moved
+// aside and moved back if the second rename fails.
+void commit_directory(const std::string& tmp, const std::string& final_dir, const std::string& aside) {
+  std::error_code ec;
+  if (!fs::exists(final_dir)) {
+    fs::rename(tmp, final_dir, ec);
+    NURI_CHECK(!ec, io, "save checkpoint", "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message());
+    return;
   }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp, ec);  // now the earlier checkpoint
+    return;
+  }
+  fs::remove_all(aside, ec);
+  fs::rename(final_dir, aside, ec);
+  NURI_CHECK(!ec, io, "save checkpoint", "cannot move the earlier '" << final_dir << "' aside: " << ec.message());
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    std::error_code back;
+    fs::rename(aside, final_dir, back);
+    NURI_THROW(io, "save checkpoint", "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message()
+                                      << (back ? "; and the earlier checkpoint is left at '" + aside + "'" : ""));
+  }
+  fs::remove_all(aside, ec);
 }
 
 // A read-only mapping of a whole file.
@@ -349,8 +386,9 @@ class Reader {
     for (uint64_t i = 0; i < num_runs; ++i) {
       Run r;
       std::memcpy(&r, p + 24 + i * sizeof(Run), sizeof r);
-      NURI_CHECK(r.tensor < full_.size() && r.kind < 3 && r.full_offset + r.count <= full_[r.tensor].numel &&
-                     r.data + r.count <= data_floats,
+      NURI_CHECK(r.tensor < full_.size() && r.kind < 3 && r.count <= full_[r.tensor].numel &&
+                     r.full_offset <= full_[r.tensor].numel - r.count && r.count <= data_floats &&
+                     r.data <= data_floats - r.count,
                  io, "load checkpoint",
                  "'" << path << "' run " << i << " points outside its tensor or the file (corrupt or truncated)");
       index_[r.tensor * 3 + r.kind].push_back({r.full_offset, r.count, data + r.data});
@@ -480,15 +518,7 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
                          {"xxh64", hex64(uint64_t(info[2 * size_t(r) + 1]))}});
       write_file_atomic((fs::path(tmp) / "manifest.json").string(), manifest.dump(1) + "\n");
       NURI_CHECK(fsync_path(tmp), io, "save checkpoint", "cannot sync '" << tmp << "': " << std::strerror(errno));
-      std::error_code ec;
-      if (fs::exists(final_dir)) {  // the same step saved again (a resumed run): replace it
-        const std::string old = (fs::path(checkpoints_dir) / (".old-" + name)).string();
-        fs::remove_all(old, ec);
-        fs::rename(final_dir, old, ec);
-        NURI_CHECK(!ec, io, "save checkpoint", "cannot move the earlier '" << final_dir << "' aside: " << ec.message());
-      }
-      fs::rename(tmp, final_dir, ec);
-      NURI_CHECK(!ec, io, "save checkpoint", "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message());
+      commit_directory(tmp, final_dir, (fs::path(checkpoints_dir) / (".old-" + name)).string());
       NURI_CHECK(fsync_path(checkpoints_dir), io, "save checkpoint",
                  "cannot sync '" << checkpoints_dir << "': " << std::strerror(errno));
       write_file_atomic((fs::path(checkpoints_dir) / "latest").string(), name + "\n");
@@ -538,7 +568,10 @@ double AsyncCheckpointer::save(const Model& model, const AdamW& optimizer, const
                                const CheckpointLayout& layout) {
   Timer t;
   wait();  // one save at a time: the comm's collectives must come in the same order on every rank
-  snapshot_checkpoint(impl_->snapshot, model, optimizer, state, layout, /*copy=*/true);
+  // All ranks agree that their snapshot exists (bad_alloc on one must not leave the others
+  // waiting in the writer's collectives).
+  all_or_none(comm_.get(), "taking the checkpoint snapshot",
+              [&] { snapshot_checkpoint(impl_->snapshot, model, optimizer, state, layout, /*copy=*/true); });
   impl_->thread = std::thread([this] {
     try {
       Timer w;
@@ -557,7 +590,7 @@ void AsyncCheckpointer::reserve(size_t floats) {
     try {
       impl_->snapshot.buffer.resize(std::max(impl_->snapshot.buffer.size(), floats));  // touches every page
     } catch (...) {
-      impl_->error = std::current_exception();
+      // Only a speed-up: a failure here leaves the allocation to save(), where all ranks agree on it.
     }
   });
 }

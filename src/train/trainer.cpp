@@ -352,6 +352,16 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
       load_model_weights(tc.init_from, model);
     }
   });
+  if (world_comm && world_comm->size() > 1) {
+    // Every rank found its checkpoint on its own: on a file system that is not shared (or is slow
+    // to show a new `latest`), ranks could start from different steps and drift apart silently.
+    int64_t lo_hi[2] = {resumed.step, -resumed.step};
+    world_comm->all_reduce(lo_hi, 2, ReduceOp::min);
+    NURI_CHECK(lo_hi[0] == -lo_hi[1], io, "train",
+               "the ranks found different checkpoints to resume from (steps " << lo_hi[0] << " to " << -lo_hi[1]
+                   << "; this rank: " << (resumed_from.empty() ? std::string("none") : resumed_from)
+                   << "). checkpoint.dir must be one file system every rank sees; or pass --resume PATH");
+  }
   const int start_step = int(resumed.step);
   const int end_step = tc.stop_at > 0 ? std::min(tc.stop_at, tc.steps) : tc.steps;
   NURI_CHECK(start_step < end_step || resumed_from.empty(), config, "train",
