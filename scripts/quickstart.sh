@@ -104,6 +104,7 @@ fi
 step "Done in $((SECONDS / 60))m$(printf '%02d' $((SECONDS % 60)))s. What the run left in $run_dir/:"
 [[ -f $run_dir/model.bin ]] && echo "  model.bin      the trained weights"
 [[ -f $run_dir/tokenizer.json ]] && echo "  tokenizer.json the tokenizer it was trained with (nuri generate picks it up)"
+[[ -f $run_dir/checkpoints/latest ]] && echo "  checkpoints/   $(cat "$run_dir/checkpoints/latest"): weights, AdamW state and data position, to resume or export"
 echo "  (token shards: $shards/, their format: docs/data-format.md)"
 echo "  metrics.jsonl  one JSON line per step (loss, lr, tokens/s, ...) and per evaluation"
 [[ -f $run_dir/config.toml ]] && echo "  config.toml    the full configuration this run used"
@@ -113,4 +114,6 @@ if [[ -f $run_dir/model.bin ]]; then
   echo
   echo "Generate more text from it:"
   echo "  $nuri generate --model $run_dir/model.bin --prompt '이 문서는' --max-tokens 200 --temperature 0.6 --top-k 20"
+  echo "or export it for Hugging Face transformers (safetensors, config.json, tokenizer.json):"
+  echo "  $nuri export --model $run_dir --out $run_dir/hf"
 fi
