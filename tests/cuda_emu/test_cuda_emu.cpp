@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "adamw.cuh"
+#include "attention.cuh"
 #include "cast.cuh"
 #include "embedding.cuh"
 #include "gelu.cuh"
@@ -453,6 +454,58 @@ TEST_CASE("cast fp32 <-> bf16", "[cast]") {
 #endif
   }
   CHECK(bad == 0);
+}
+
+TEST_CASE("attention forward/backward (causal, GQA, fp32)", "[attention]") {
+  // fp32 sums in another order and expf vs the CPU's polynomial exp: 1e-4 relative, and an
+  // absolute floor for gradients that are sums of terms of both signs.
+  struct Shape {
+    int B, T, H, KV, D;
+  };
+  float worst_rel = 0.0f, worst_abs = 0.0f;  // relative: over |want| >= 1e-2
+  for (const Shape& sh : {Shape{1, 1, 4, 2, 8}, Shape{2, 7, 4, 2, 8}, Shape{1, 33, 4, 4, 8},
+                          Shape{1, 70, 4, 1, 8}, Shape{1, 1, 4, 4, 64}, Shape{2, 7, 4, 4, 64},
+                          Shape{1, 33, 4, 2, 64}, Shape{1, 17, 2, 1, 128}, Shape{1, 9, 3, 1, 5}}) {
+    const auto [B, T, H, KV, D] = sh;
+    INFO("B " << B << " T " << T << " H " << H << " KV " << KV << " D " << D);
+    const size_t R = size_t(H + 2 * KV) * D;
+    const size_t nqkv = size_t(B) * T * R, nout = size_t(B) * T * H * D, nlse = size_t(B) * H * T;
+    const uint32_t s = uint32_t(B * 1000 + T * 10 + D + KV);
+    const Vec qkv = random_vec(nqkv, s, -1.5f, 1.5f);
+    Vec out(nout, 9.0f), lse(nlse, 9.0f), out_w(nout), lse_w(nlse);
+    REQUIRE(cu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, H, KV, D, kStream) ==
+            cudaSuccess);
+    cpu().attention_forward(out_w.data(), lse_w.data(), qkv.data(), B, T, H, KV, D);
+    check_close("attention_forward out", out, out_w, 1e-4f, 1e-5f);
+    check_close("attention_forward lse", lse, lse_w, 1e-4f, 1e-5f);
+
+    const Vec dout = random_vec(nout, s + 1);
+    Vec dqkv(nqkv, 7.0f), dqkv_w(nqkv, -7.0f);  // overwritten, not accumulated
+    REQUIRE(cu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out_w.data(),
+                                   lse_w.data(), B, T, H, KV, D, kStream) == cudaSuccess);
+    cpu().attention_backward(dqkv_w.data(), dout.data(), qkv.data(), out_w.data(), lse_w.data(), B,
+                             T, H, KV, D);
+    check_close("attention_backward dqkv", dqkv, dqkv_w, 1e-4f, 1e-5f);
+    auto track = [&](const Vec& got, const Vec& want) {
+      for (size_t i = 0; i < got.size(); ++i) {
+        const float diff = std::fabs(got[i] - want[i]);
+        worst_abs = std::max(worst_abs, diff);
+        if (std::fabs(want[i]) >= 1e-2f) worst_rel = std::max(worst_rel, diff / std::fabs(want[i]));
+      }
+    };
+    track(out, out_w);
+    track(lse, lse_w);
+    track(dqkv, dqkv_w);
+  }
+  std::cout << "attention: vs the CPU backend, worst relative difference " << worst_rel
+            << " (|want| >= 1e-2), worst absolute " << worst_abs << '\n';
+  CHECK(cu::attention_forward(nullptr, nullptr, nullptr, 1, 4, 4, 3, 8, kStream) ==
+        cudaErrorInvalidValue);  // H % KV != 0
+  CHECK(cu::attention_forward(nullptr, nullptr, nullptr, 1, 4, 4, 2, 129, kStream) ==
+        cudaErrorInvalidValue);  // D > 128
+  CHECK(cu::attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 4, 2, 0,
+                               kStream) == cudaErrorInvalidValue);
+  CHECK(cu::attention_forward(nullptr, nullptr, nullptr, 0, 4, 4, 2, 8, kStream) == cudaSuccess);
 }
 
 // ---- coverage: every kernel in kernels/cuda/*.cu was launched above ----

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "adamw.cuh"
+#include "attention.cuh"
 #include "embedding.cuh"
 #include "gelu.cuh"
 #include "layernorm.cuh"
@@ -129,6 +130,17 @@ void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vecto
   p = dp.host();
   m = dm.host();
   v = dv.host();
+}
+
+void attention(std::vector<float>& out, std::vector<float>& lse, std::vector<float>& dqkv,
+               const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T, int H, int KV, int D) {
+  Dev<float> in(qkv), o{size_t(B) * T * H * D}, l{size_t(B) * H * T}, d(dout), dq{qkv.size()};
+  done(cuda::attention_forward(o.get(), l.get(), in.get(), B, T, H, KV, D, nullptr), "attention_forward");
+  done(cuda::attention_backward(dq.get(), d.get(), in.get(), o.get(), l.get(), B, T, H, KV, D, nullptr),
+       "attention_backward");
+  out = o.host();
+  lse = l.host();
+  dqkv = dq.host();
 }
 
 }  // namespace nuri::gpu_test

@@ -30,4 +30,8 @@ void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vecto
                   std::vector<float>& v, float lr, float b1, float b2, float eps, float wd, int step,
                   float grad_scale);
 
+// out (B,T,H*D), lse (B,H,T) from qkv (B,T,(H+2KV)*D); then dqkv from dout.
+void attention(std::vector<float>& out, std::vector<float>& lse, std::vector<float>& dqkv,
+               const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T, int H, int KV, int D);
+
 }  // namespace nuri::gpu_test

@@ -2,7 +2,7 @@
 // awkward shapes as the emulation test (tests/cuda_emu). Where there is no usable GPU it prints
 // one line starting "SKIPPED:" and ctest reports the test as not run (never as passed).
 // Covered on hardware today: GELU forward/backward, SwiGLU forward, RMSNorm forward/backward,
-// LayerNorm forward, embedding forward, AdamW. Not yet: an end-to-end bf16 training run (it needs
+// LayerNorm forward, embedding forward, AdamW, causal GQA attention forward and backward. Not yet: an end-to-end bf16 training run (it needs
 // the CUDA backend, issue 6). Exits 1 on any difference beyond the tolerance.
 #include <cmath>
 #include <cstdio>
@@ -88,6 +88,24 @@ int main() {
       std::vector<float> want(size_t(N) * C);
       cpu->embedding_forward(want.data(), tokens.data(), wte.data(), wpe.data(), N, T, C);
       compare("embedding_forward N=22 T=11 C=37", g::embedding_forward(tokens, wte, wpe, N, T, C), want, 0);
+    }
+    struct Att {
+      int B, T, H, KV, D;
+    };
+    for (const Att& a : {Att{2, 7, 4, 2, 64}, Att{1, 33, 4, 4, 64}, Att{1, 257, 8, 2, 128}, Att{1, 70, 4, 1, 8}}) {
+      const size_t rows = size_t(a.B) * a.T;
+      const std::vector<float> qkv = randn(rows * (a.H + 2 * a.KV) * a.D, 50 + a.T);
+      const std::vector<float> dout = randn(rows * a.H * a.D, 51 + a.T);
+      std::vector<float> out(rows * a.H * a.D), lse(size_t(a.B) * a.H * a.T), dqkv(qkv.size());
+      cpu->attention_forward(out.data(), lse.data(), qkv.data(), a.B, a.T, a.H, a.KV, a.D);
+      cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), a.B, a.T, a.H, a.KV, a.D);
+      std::vector<float> gout, glse, gdqkv;
+      g::attention(gout, glse, gdqkv, qkv, dout, a.B, a.T, a.H, a.KV, a.D);
+      const std::string shape = " T=" + std::to_string(a.T) + " H=" + std::to_string(a.H) + " KV=" +
+                                std::to_string(a.KV) + " D=" + std::to_string(a.D);
+      compare(("attention out" + shape).c_str(), gout, out, 1e-4);
+      compare(("attention lse" + shape).c_str(), glse, lse, 1e-4);
+      compare(("attention dqkv" + shape).c_str(), gdqkv, dqkv, 1e-4);
     }
     for (int step : {1, 10}) {
       const size_t n = 1001;
