@@ -312,18 +312,6 @@ TEST_CASE("Megatron MLP column -> activation -> row equals the unsplit MLP", "[t
   }
 }
 
-// The model's gradients in one process's layout, gathered from the TP slices (as
-// gather_full_parameters does for the parameters).
-std::vector<float> gather_grads(const nuri::Model& m, nuri::Communicator& tp) {
-  const std::vector<nuri::ParamTensor> full = nuri::parameter_layout(m.config());
-  std::vector<float> out(full.back().offset + full.back().numel, 0.0f);
-  for (size_t i = 0; i < full.size(); ++i)
-    nuri::place_into_full(m.tensors()[i], m.grads() + m.tensors()[i].offset, out.data() + full[i].offset,
-                          m.tp_size() > 1 ? m.tp_rank() : -1);
-  if (tp.size() > 1) tp.all_reduce(out.data(), out.size(), nuri::ReduceOp::sum);
-  return out;
-}
-
 TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][model]") {
   auto be = nuri::make_backend("cpu", 1);
   auto w = world();
@@ -380,7 +368,7 @@ TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][mo
           CHECK(std::abs(a - b) <= kTol * a);
           std::rotate(x.begin(), x.begin() + 1, x.end());
         }
-        const std::vector<float> g = gather_grads(m, grid.tp());
+        const std::vector<float> g = nuri::gather_full(m, m.grads());
         CHECK(max_error(g, std::vector<float>(ref.grads(), ref.grads() + ref.num_params())) <= kTol);
       }
     }

@@ -157,6 +157,13 @@ struct TensorParallelOptions {
 // kv heads, MLP width or vocabulary cannot be split over tp_size, saying which and what would.
 std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg, int tp_size = 1, int tp_rank = 0);
 
+// Calls fn(full_offset, local_offset, count) for each run of elements of the full tensor (row-
+// major offsets) that local elements [lo, hi) of `t` are (offsets within the tensor): one run per
+// piece for a row split, one per piece and row for a column split. tp_rank >= 0: only the pieces
+// that rank is the first holder of (tp_rank % replicas == 0); -1: every piece. The mapping behind
+// slice_from_full, place_into_full and the checkpoint files.
+void for_each_full_run(const ParamTensor& t, size_t lo, size_t hi, int tp_rank,
+                       const std::function<void(size_t full_offset, size_t local_offset, size_t count)>& fn);
 // Copies a rank's slice of tensor `t` out of the full tensor: local (numel floats, t.shape) from
 // full (t.full_shape).
 void slice_from_full(const ParamTensor& t, const float* full, float* local);

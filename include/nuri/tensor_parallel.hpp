@@ -73,6 +73,8 @@ std::shared_ptr<TensorParallelOps> make_tensor_parallel_ops(std::shared_ptr<Comm
 // assembled from every TP rank's slices: collective over the model's TP group, the result on
 // every rank. Without tensor parallelism, a copy of params(). Host memory (CPU backend).
 std::vector<float> gather_full_parameters(const Model& model);
+// The same for any buffer laid out like the model's parameters (its grads(), say).
+std::vector<float> gather_full(const Model& model, const float* local_buffer);
 // The inverse: sets this rank's slices from full parameters in one process's layout (no
 // communication). Throws Error(shape) when `count` is not the full model's parameter count.
 void load_full_parameters(Model& model, const float* full, size_t count);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "comm/agree.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/data.hpp"
 #include "nuri/error.hpp"
@@ -57,14 +58,8 @@ class RankGroup {
         world_(mpi ? mpi->world_size() : 1) {}
   int rank() const { return rank_; }
   int world() const { return world_; }
+  Communicator* comm() const { return comm_.get(); }  // null for one process
 
-  // True when `ok` holds on every rank (a collective: every rank must call it).
-  bool all(bool ok) const {
-    if (world_ == 1) return ok;
-    int32_t every = ok ? 1 : 0;
-    comm_->all_reduce(&every, 1, ReduceOp::min);
-    return every != 0;
-  }
   // Rank 0 receives every rank's text in rank order; other ranks get an empty vector. The texts
   // travel as 8-byte words, each rank's padded to the longest (shard lists are small).
   std::vector<std::string> gather(const std::string& text) const {
@@ -90,19 +85,10 @@ class RankGroup {
   int rank_ = 0, world_ = 1;
 };
 
-// Runs `fn` on every rank, then agrees: when any rank failed, each rank throws (its own error,
-// or one saying that another rank failed), so no rank waits forever in a later collective.
+// `nuri tokenize`'s collective phases (src/comm/agree.hpp).
 template <typename Fn>
 void phase(const RankGroup& mpi, const char* what, Fn&& fn) {
-  std::exception_ptr error;
-  try {
-    fn();
-  } catch (...) {
-    error = std::current_exception();
-  }
-  const bool ok = mpi.all(!error);
-  if (error) std::rethrow_exception(error);
-  NURI_CHECK(ok, io, "tokenize", "stopping: another rank failed while " << what << " (its message says why)");
+  run_agreed(mpi.comm(), "tokenize", what, std::forward<Fn>(fn));
 }
 
 std::string serialize(const TokenizeResult& r) {

@@ -19,6 +19,7 @@
 // the all-gathered residual gradient in backward under SP.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 
 #include "nuri/backend.hpp"
@@ -55,7 +56,7 @@ struct Model::Impl {
   // Activation arena, sized for `rows` = B*T and `sets` block activation sets.
   Backend* backend = nullptr;
   float* arena = nullptr;
-  int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_T = 0, arena_Nl = 0;
+  int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_Nl = 0;  // what the arena was sized for
   std::vector<float*> res;
   std::vector<BlockActs> acts;
   float *lnf = nullptr, *meanf = nullptr, *rstdf = nullptr;
@@ -213,32 +214,36 @@ std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg, int tp_size, i
   return out;
 }
 
-void slice_from_full(const ParamTensor& t, const float* full, float* local) {
-  if (t.dim == 0) {
+void for_each_full_run(const ParamTensor& t, size_t lo, size_t hi, int tp_rank,
+                       const std::function<void(size_t full_offset, size_t local_offset, size_t count)>& fn) {
+  auto mine = [&](const ShardPiece& pc) { return tp_rank < 0 || tp_rank % pc.replicas == 0; };
+  if (t.dim == 0) {  // row pieces: one run each
     const size_t inner = t.shape.empty() || t.shape[0] == 0 ? 1 : t.numel / size_t(t.shape[0]);
-    for (const ShardPiece& pc : t.pieces)
-      std::copy_n(full + size_t(pc.full_start) * inner, size_t(pc.length) * inner, local + size_t(pc.local_start) * inner);
+    for (const ShardPiece& pc : t.pieces) {
+      if (!mine(pc)) continue;
+      const size_t begin = size_t(pc.local_start) * inner, end = begin + size_t(pc.length) * inner;
+      const size_t a = std::max(lo, begin), b = std::min(hi, end);
+      if (a < b) fn(size_t(pc.full_start) * inner + (a - begin), a, b - a);
+    }
     return;
   }
-  const int64_t rows = t.shape[0], lc = t.shape[1], fc = t.full_shape[1];
-  for (int64_t i = 0; i < rows; ++i)
-    for (const ShardPiece& pc : t.pieces)
-      std::copy_n(full + size_t(i * fc + pc.full_start), size_t(pc.length), local + size_t(i * lc + pc.local_start));
+  const size_t lc = size_t(t.shape[1]), fc = size_t(t.full_shape[1]);  // column pieces: a run per row
+  for (size_t row = lo / lc; row * lc < hi; ++row) {
+    for (const ShardPiece& pc : t.pieces) {
+      if (!mine(pc)) continue;
+      const size_t begin = row * lc + size_t(pc.local_start), end = begin + size_t(pc.length);
+      const size_t a = std::max(lo, begin), b = std::min(hi, end);
+      if (a < b) fn(row * fc + size_t(pc.full_start) + (a - begin), a, b - a);
+    }
+  }
+}
+
+void slice_from_full(const ParamTensor& t, const float* full, float* local) {
+  for_each_full_run(t, 0, t.numel, -1, [&](size_t f, size_t l, size_t n) { std::copy_n(full + f, n, local + l); });
 }
 
 void place_into_full(const ParamTensor& t, const float* local, float* full, int tp_rank) {
-  if (t.dim == 0) {
-    const size_t inner = t.shape.empty() || t.shape[0] == 0 ? 1 : t.numel / size_t(t.shape[0]);
-    for (const ShardPiece& pc : t.pieces)
-      if (tp_rank < 0 || tp_rank % pc.replicas == 0)
-        std::copy_n(local + size_t(pc.local_start) * inner, size_t(pc.length) * inner, full + size_t(pc.full_start) * inner);
-    return;
-  }
-  const int64_t rows = t.shape[0], lc = t.shape[1], fc = t.full_shape[1];
-  for (int64_t i = 0; i < rows; ++i)
-    for (const ShardPiece& pc : t.pieces)
-      if (tp_rank < 0 || tp_rank % pc.replicas == 0)
-        std::copy_n(local + size_t(i * lc + pc.local_start), size_t(pc.length), full + size_t(i * fc + pc.full_start));
+  for_each_full_run(t, 0, t.numel, tp_rank, [&](size_t f, size_t l, size_t n) { std::copy_n(local + l, n, full + f); });
 }
 
 Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
@@ -381,7 +386,6 @@ void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   m.arena_rows = d.N;
   m.arena_sets = sets;
   m.arena_B = d.B;
-  m.arena_T = d.T;
   m.arena_Nl = d.Nl;
   float* p = m.arena;
   auto take = [&](size_t n) {

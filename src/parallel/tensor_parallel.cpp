@@ -81,17 +81,19 @@ std::shared_ptr<TensorParallelOps> make_tensor_parallel_ops(std::shared_ptr<Comm
   return std::make_shared<CommTensorParallelOps>(std::move(tp));
 }
 
-std::vector<float> gather_full_parameters(const Model& model) {
+std::vector<float> gather_full_parameters(const Model& model) { return gather_full(model, model.params()); }
+
+std::vector<float> gather_full(const Model& model, const float* local_buffer) {
   const std::vector<ParamTensor> full_layout = parameter_layout(model.config());
   const ParamTensor& last = full_layout.back();
   std::vector<float> full(last.offset + last.numel, 0.0f);
   const std::vector<ParamTensor>& local = model.tensors();
-  NURI_CHECK(local.size() == full_layout.size(), internal, "gather_full_parameters",
+  NURI_CHECK(local.size() == full_layout.size(), internal, "gather_full",
              "the model has " << local.size() << " tensors but its full layout " << full_layout.size());
   TensorParallelOps* tp = model.tp_ops();
   for (size_t i = 0; i < local.size(); ++i) {
     // Every rank writes the pieces it is the first holder of into zeros; the sum is the tensor.
-    place_into_full(local[i], model.params() + local[i].offset, full.data() + full_layout[i].offset,
+    place_into_full(local[i], local_buffer + local[i].offset, full.data() + full_layout[i].offset,
                     tp ? model.tp_rank() : -1);
   }
   if (tp) tp->all_reduce_sum(full.data(), full.size());

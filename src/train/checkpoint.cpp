@@ -27,6 +27,7 @@
 #include <memory>
 #include <thread>
 
+#include "comm/agree.hpp"
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
 #include "nuri/optim.hpp"
@@ -75,33 +76,6 @@ bool fsync_path(const std::string& path) {
   const bool ok = ::fsync(fd) == 0;
   ::close(fd);
   return ok;
-}
-
-// Calls fn(full_offset, local_offset, count) for the runs of full-tensor elements that local
-// elements [lo, hi) of t (offsets within the tensor) are. tp_rank >= 0: only the pieces this TP
-// rank writes (the first holder of a replicated piece); -1: every piece.
-template <class Fn>
-void for_each_run(const ParamTensor& t, size_t lo, size_t hi, int tp_rank, Fn&& fn) {
-  auto mine = [&](const ShardPiece& pc) { return tp_rank < 0 || tp_rank % pc.replicas == 0; };
-  if (t.dim == 0) {
-    const size_t inner = t.shape.empty() || t.shape[0] == 0 ? 1 : t.numel / size_t(t.shape[0]);
-    for (const ShardPiece& pc : t.pieces) {
-      if (!mine(pc)) continue;
-      const size_t begin = size_t(pc.local_start) * inner, end = begin + size_t(pc.length) * inner;
-      const size_t a = std::max(lo, begin), b = std::min(hi, end);
-      if (a < b) fn(size_t(pc.full_start) * inner + (a - begin), a, b - a);
-    }
-    return;
-  }
-  const size_t lc = size_t(t.shape[1]), fc = size_t(t.full_shape[1]);
-  for (size_t row = lo / lc; row * lc < hi; ++row) {
-    for (const ShardPiece& pc : t.pieces) {
-      if (!mine(pc)) continue;
-      const size_t begin = row * lc + size_t(pc.local_start), end = begin + size_t(pc.length);
-      const size_t a = std::max(lo, begin), b = std::min(hi, end);
-      if (a < b) fn(row * fc + size_t(pc.full_start) + (a - begin), a, b - a);
-    }
-  }
 }
 
 // The moment index of local flat element p, given the optimizer's owned ranges (in order).
@@ -167,28 +141,10 @@ class HashedWriter {
   uint64_t bytes_ = 0;
 };
 
-// Runs `fn` on every rank; if any rank failed, every rank throws (its own error, or one naming
-// the failed ranks), so that no rank goes on to a collective the others never reach.
+// Checkpoint phases run on every rank and agree on failure (src/comm/agree.hpp).
 template <class Fn>
 void all_or_none(Communicator* world, const std::string& what, Fn&& fn) {
-  std::exception_ptr error;
-  try {
-    fn();
-  } catch (...) {
-    error = std::current_exception();
-  }
-  if (!world || world->size() == 1) {
-    if (error) std::rethrow_exception(error);
-    return;
-  }
-  std::vector<int32_t> ok(size_t(world->size()), 0);
-  ok[size_t(world->rank())] = error ? 0 : 1;
-  world->all_gather(ok.data() + world->rank(), ok.data(), ok.size());
-  if (error) std::rethrow_exception(error);
-  std::string failed;
-  for (size_t r = 0; r < ok.size(); ++r)
-    if (!ok[r]) failed += (failed.empty() ? "" : ", ") + std::to_string(r);
-  NURI_CHECK(failed.empty(), io, "checkpoint", what << " failed on rank(s) " << failed << " (their messages say why)");
+  run_agreed(world, "checkpoint", what, std::forward<Fn>(fn));
 }
 
 nlohmann::json manifest_json(const Model& model, const AdamW& optimizer, const TrainerState& s,
@@ -436,7 +392,7 @@ void snapshot_checkpoint(CheckpointSnapshot& snap, const Model& model, const Ada
       const ParamTensor& t = tensors[i];
       const size_t lo = std::max(r.offset, t.offset), hi = std::min(r.offset + r.count, t.offset + t.numel);
       if (lo >= hi) continue;
-      for_each_run(t, lo - t.offset, hi - t.offset, layout.tp_size > 1 ? layout.tp_rank : 0,
+      for_each_full_run(t, lo - t.offset, hi - t.offset, layout.tp_size > 1 ? layout.tp_rank : 0,
                    [&](size_t full, size_t local, size_t count) {
                      runs.push_back({uint32_t(i), 0, full, count, 0});
                      locals.push_back(t.offset + local);
@@ -717,7 +673,7 @@ void load_checkpoint(const CheckpointManifest& m, Model& model, AdamW* optimizer
   // Parameters: every element of this rank's slices.
   for (size_t i = 0; i < local.size(); ++i) {
     const ParamTensor& t = local[i];
-    for_each_run(t, 0, t.numel, -1,
+    for_each_full_run(t, 0, t.numel, -1,
                  [&](size_t f, size_t l, size_t n) { reader.fetch(i, 0, f, n, model.params() + t.offset + l); });
   }
   if (!optimizer) return;
@@ -728,7 +684,7 @@ void load_checkpoint(const CheckpointManifest& m, Model& model, AdamW* optimizer
       const ParamTensor& t = local[i];
       const size_t lo = std::max(r.offset, t.offset), hi = std::min(r.offset + r.count, t.offset + t.numel);
       if (lo >= hi) continue;
-      for_each_run(t, lo - t.offset, hi - t.offset, -1, [&](size_t f, size_t l, size_t n) {
+      for_each_full_run(t, lo - t.offset, hi - t.offset, -1, [&](size_t f, size_t l, size_t n) {
         const size_t mi = base + (t.offset + l - r.offset);
         reader.fetch(i, 1, f, n, optimizer->exp_avg() + mi);
         reader.fetch(i, 2, f, n, optimizer->exp_avg_sq() + mi);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "comm/agree.hpp"
 #include "nuri/backend.hpp"
 #include "nuri/checkpoint.hpp"
 #include "nuri/comm.hpp"
@@ -74,20 +75,10 @@ double evaluate(Model& model, const TokenStream& val, int B, int T, int batches,
   return sum / batches;
 }
 
-// Runs `fn` on every rank of `world`, then agrees: when any rank failed, each rank throws (its
-// own error, or one saying another rank failed), so no rank waits for it in a later collective.
+// The trainer's collective set-up phases (src/comm/agree.hpp).
 template <typename Fn>
 void agree(Communicator* world, const char* what, Fn&& fn) {
-  std::exception_ptr error;
-  try {
-    fn();
-  } catch (...) {
-    error = std::current_exception();
-  }
-  int32_t ok = error ? 0 : 1;
-  if (world && world->size() > 1) world->all_reduce(&ok, 1, ReduceOp::min);
-  if (error) std::rethrow_exception(error);
-  NURI_CHECK(ok == 1, io, "train", "stopping: another rank failed while " << what << " (its message says why)");
+  run_agreed(world, "train", what, std::forward<Fn>(fn));
 }
 
 }  // namespace
