@@ -4,7 +4,8 @@
 //   NURI_CUDA_EMU:   the host emulation layer (emu/emu.hpp), for the CPU-side checks in
 //                    tests/cuda_emu against the CPU backend.
 // Kernels use only the subset emu.hpp lists: __global__/__device__, static __shared__ arrays,
-// __syncthreads, full-warp shuffles, atomicAdd, the <cmath> float functions, bf16 conversions.
+// __syncthreads, full-warp shuffles, atomicAdd, the <cmath> float functions, bf16 conversions,
+// nvcuda::wmma m16n16k16 (bf16 inputs, fp32 accumulators).
 // Launchers launch through NURI_LAUNCH and open an NVTX range with NURI_NVTX_RANGE; kernels take
 // dynamic shared memory through NURI_DYNAMIC_SHARED(type, name).
 #include <cstddef>
@@ -24,6 +25,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <nvtx3/nvToolsExt.h>
 #define NURI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)

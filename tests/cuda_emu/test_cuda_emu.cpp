@@ -37,70 +37,13 @@
 #include "rmsnorm.cuh"
 #include "rope.cuh"
 #include "swiglu.cuh"
+#include "emu_test_util.hpp"
 
 #if NURI_HAVE_CUDA_BF16
 uint16_t cuda_host_float2bfloat16_rn_bits(float f);  // bf16_reference.cpp
 #endif
 
-namespace {
-
-using Vec = std::vector<float>;
-namespace cu = nuri::cuda;
-cudaStream_t const kStream = nullptr;
-
-nuri::Backend& cpu() {
-  static std::unique_ptr<nuri::Backend> backend = nuri::make_backend("cpu", 1);
-  return *backend;
-}
-
-Vec random_vec(size_t n, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Vec v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// Every element within rtol |want| + atol; reports the first offender and the count.
-void check_close(const std::string& what, const Vec& got, const Vec& want, float rtol = 1e-5f,
-                 float atol = 1e-6f) {
-  REQUIRE(got.size() == want.size());
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = std::fabs(got[i] - want[i]) <= rtol * std::fabs(want[i]) + atol;
-    if (!ok && bad++ == 0) first = i;
-  }
-  if (bad) {
-    INFO(what << ": " << bad << " of " << got.size() << " elements differ; first at " << first
-              << ": got " << got[first] << ", want " << want[first]);
-    CHECK(bad == 0);
-  } else {
-    CHECK(bad == 0);
-  }
-}
-
-void check_equal(const std::string& what, const Vec& got, const Vec& want) {
-  REQUIRE(got.size() == want.size());
-  const bool same = std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0;
-  INFO(what << ": expected bitwise equality");
-  CHECK(same);
-}
-
-std::vector<__nv_bfloat16> to_bf16(const Vec& v) {
-  std::vector<__nv_bfloat16> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
-  return out;
-}
-Vec from_bf16(const std::vector<__nv_bfloat16>& v) {
-  Vec out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
-  return out;
-}
-
-constexpr float kBf16Rtol = 1.0f / 128;  // output rounding 2^-9 plus fp32-vs-rounded-input slack
-constexpr float kBf16Atol = 1e-3f;
-
-}  // namespace
+using namespace emu_test;  // NOLINT: the shared helpers of emu_test_util.hpp
 
 // ---- the emulator itself ----
 
@@ -142,6 +85,20 @@ __global__ void emu_dynamic_shared_probe_kernel(float* out) {
   __syncthreads();
   out[blockIdx.x * blockDim.x + threadIdx.x] = buf[(threadIdx.x + 1) % blockDim.x];
 }
+// One warp: d (16,16) = a (16,16, row-major) b (16,16, col-major in memory) + c, then x2 element-wise.
+__global__ void emu_wmma_probe_kernel(float* d, const __nv_bfloat16* a, const __nv_bfloat16* b,
+                                      const float* c) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::load_matrix_sync(acc, c, 16, wmma::mem_row_major);
+  wmma::mma_sync(acc, fa, fb, acc);
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= 2.0f;
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
 }  // namespace
 
 TEST_CASE("emulator: warp shuffles, block reduction, atomics, indices", "[emu]") {
@@ -177,6 +134,23 @@ TEST_CASE("emulator: warp shuffles, block reduction, atomics, indices", "[emu]")
   NURI_LAUNCH(emu_index_probe_kernel, dim3(5, 1, 1), dim3(2, 3, 4), 0, kStream, idx.data());
   for (int b = 0; b < 5; ++b)
     for (int t = 0; t < 24; ++t) CHECK(idx[b * 24 + t] == (23 - t) * 100 + b);
+
+  // wmma: inputs are small integers, so the bf16 product is exact and must match exactly.
+  alignas(32) __nv_bfloat16 a[256], b[256];
+  alignas(32) float c[256], d[256];
+  for (int i = 0; i < 256; ++i) {
+    a[i] = __float2bfloat16_rn(float(i % 7 - 3));
+    b[i] = __float2bfloat16_rn(float(i % 5 - 2));
+    c[i] = float(i % 3);
+  }
+  NURI_LAUNCH(emu_wmma_probe_kernel, 1, 32, 0, kStream, d, a, b, c);
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      float want = c[m * 16 + n];
+      for (int k = 0; k < 16; ++k)  // b is col-major: element (k, n) at n * 16 + k
+        want += __bfloat162float(a[m * 16 + k]) * __bfloat162float(b[n * 16 + k]);
+      CHECK(d[m * 16 + n] == 2.0f * want);
+    }
 }
 
 // ---- kernels against the CPU backend ----

@@ -25,8 +25,14 @@
 //                            nearest even, NaN kept quiet) and __bfloat162float.
 //   launch                   emu::launch(kernel, grid, block, shared_bytes, args...); records the
 //                            kernel's name when launched through launch_named (NURI_LAUNCH does).
-// Not emulated: streams (launches are synchronous), cooperative groups, warp-level matrix ops,
-// inline PTX, texture memory, shuffles with partial masks, races (a missing __syncthreads may
+//   wmma                     nvcuda::wmma m16n16k16 with bf16 (or fp32 storage) inputs and fp32
+//                            accumulators: fragment, fill_fragment, load_matrix_sync,
+//                            store_matrix_sync, mma_sync. Each emulated thread holds the WHOLE tile
+//                            (num_elements = 256, in row-major order), so element-wise loops over
+//                            x[0, num_elements) work as on a GPU, but code that assumes which
+//                            elements a lane holds does not (CUDA leaves that unspecified too).
+//                            The pointer (32-byte) and ldm (16 bytes) alignment rules are checked.
+// Not emulated: streams (launches are synchronous), cooperative groups, inline PTX, texture memory, shuffles with partial masks, races (a missing __syncthreads may
 // pass here by luck). A barrier that waits more than 60 s (a divergent __syncthreads or shuffle)
 // aborts with the barrier's name instead of hanging.
 #include <algorithm>
@@ -319,3 +325,95 @@ inline float __bfloat162float(__nv_bfloat16 b) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+
+// ---- warp matrix (WMMA) operations, m16n16k16 ----
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+// One 16x16 tile per emulated thread: x[r * 16 + c] is element (r, c) of A (m, k), B (k, n) or the
+// accumulator (m, n).
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "emu: wmma m16n16k16 only");
+  static constexpr int num_elements = 256;
+  using element_type = T;
+  T x[num_elements];
+};
+
+namespace detail {
+inline float as_float(float v) { return v; }
+inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+inline T from_float(float v) {
+  if constexpr (std::is_same_v<T, float>)
+    return v;
+  else
+    return __float2bfloat16_rn(v);
+}
+template <typename T>
+void check_operand(const void* ptr, unsigned ldm, const char* what) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 32 != 0)
+    emu::die(std::string(what) + ": pointer not 32-byte aligned (wmma needs 256-bit alignment)");
+  if ((size_t(ldm) * sizeof(T)) % 16 != 0)
+    emu::die(std::string(what) + ": ldm not a multiple of 16 bytes");
+}
+}  // namespace detail
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, T value) {
+  for (auto& e : f.x) e = value;
+}
+template <typename Use, typename T, typename Layout, typename V>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, V value) {
+  for (auto& e : f.x) e = detail::from_float<T>(float(value));
+}
+
+// A or B fragment from memory whose layout is the fragment's (row_major or col_major).
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* ptr, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>,
+                "emu: a matrix_a/matrix_b fragment needs a row_major or col_major layout");
+  detail::check_operand<T>(ptr, ldm, "wmma::load_matrix_sync");
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.x[r * 16 + c] = std::is_same_v<Layout, row_major> ? ptr[size_t(r) * ldm + c]
+                                                          : ptr[size_t(c) * ldm + r];
+}
+// An accumulator fragment from memory of the given layout.
+template <typename T>
+void load_matrix_sync(fragment<accumulator, 16, 16, 16, T>& f, const T* ptr, unsigned ldm,
+                      layout_t layout) {
+  detail::check_operand<T>(ptr, ldm, "wmma::load_matrix_sync");
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.x[r * 16 + c] = layout == mem_row_major ? ptr[size_t(r) * ldm + c] : ptr[size_t(c) * ldm + r];
+}
+template <typename T>
+void store_matrix_sync(T* ptr, const fragment<accumulator, 16, 16, 16, T>& f, unsigned ldm,
+                       layout_t layout) {
+  detail::check_operand<T>(ptr, ldm, "wmma::store_matrix_sync");
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      (layout == mem_row_major ? ptr[size_t(r) * ldm + c] : ptr[size_t(c) * ldm + r]) = f.x[r * 16 + c];
+}
+// d = a b + c, fp32 accumulation (d may be c).
+template <typename TA, typename LA, typename TB, typename LB, typename TC>
+void mma_sync(fragment<accumulator, 16, 16, 16, TC>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, TB, LB>& b,
+              const fragment<accumulator, 16, 16, 16, TC>& c) {
+  float out[256];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      float acc = detail::as_float(c.x[m * 16 + n]);
+      for (int k = 0; k < 16; ++k)
+        acc += detail::as_float(a.x[m * 16 + k]) * detail::as_float(b.x[k * 16 + n]);
+      out[m * 16 + n] = acc;
+    }
+  for (int i = 0; i < 256; ++i) d.x[i] = detail::from_float<TC>(out[i]);
+}
+}  // namespace nvcuda::wmma

@@ -1,0 +1,32 @@
+#pragma once
+// Tiled bf16 tensor-core GEMM (WMMA m16n16k16, fp32 accumulation) with fused epilogues: kernels
+// and launcher. See gemm.cu.
+//
+// The three products a linear layer needs, all row-major, with a row stride per matrix:
+//   forward        out  (N,OC) = inp (N,IC) @ W (OC,IC)^T      trans_a = false, trans_b = true
+//   backward dinp  dinp (N,IC) = dout (N,OC) @ W (OC,IC)        trans_a = false, trans_b = false
+//   backward dW    dW  (OC,IC) += dout (N,OC)^T @ inp (N,IC)    trans_a = true,  trans_b = false
+// (the fourth layout, trans_a = trans_b = true, works too).
+#include "common.cuh"
+
+namespace nuri::cuda {
+
+// What happens to each element of the fp32 product acc = alpha * op(A) op(B) before it is stored:
+//   none       C = acc + beta * C
+//   bias       C = acc + bias[col] + beta * C
+//   bias_gelu  pre = acc + bias[col] (+ beta * C, read before C is written); C = gelu(pre), and
+//              pre is also stored to `pre_gelu` when that is non-null (the backward needs it).
+//              bias may be null here: then it is GELU alone.
+enum class GemmEpilogue { none, bias, bias_gelu };
+
+// C (M,N) fp32 = epilogue(alpha * op(A) op(B)); op(X) = X or X^T.
+// A is (M,K) row-major with row stride lda, or (K,M) when trans_a; B is (K,N) with row stride ldb,
+// or (N,K) when trans_b. C has row stride ldc; pre_gelu (M,N), when used, has row stride ldc too.
+// Any M, N, K >= 0 (edges that are not multiples of the tile are handled); M = 0 or N = 0 does
+// nothing; K = 0 gives the epilogue of 0. Strides must be >= the row width (else InvalidValue).
+cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                      const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                      float* C, int ldc, const float* bias, GemmEpilogue epilogue, float* pre_gelu,
+                      cudaStream_t stream);
+
+}  // namespace nuri::cuda
