@@ -1,7 +1,10 @@
-// One training step (forward + backward + AdamW) of a preset on the CPU backend: tokens/s, MFU
-// against the measured peak of the GEMM in use (fp32, or bf16 with NURI_CPU_GEMM=bf16), and the
-// measured peak RSS against the analytic memory estimate of `nuri train --dry-run`.
+// One training step (forward + backward + AdamW) of a preset: tokens/s and MFU.
+//   cpu (default): MFU against the measured peak of the GEMM in use (fp32, or bf16 with
+//     NURI_CPU_GEMM=bf16), and the peak RSS against the analytic estimate of `nuri train --dry-run`.
+//   --backend cuda: MFU against the GPU's dense bf16 tensor-core peak from its data sheet (H100 SXM
+//     989 TFLOP/s, H100 PCIe 756, H200 989, A100 312; --peak-tflops for any other).
 //   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
+//              [--backend cpu|cuda] [--peak-tflops P]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -23,6 +26,8 @@ int main(int argc, char** argv) {
   std::string preset = "gpt2-tiny";
   int B = 8, T = 256, steps = 10, threads = 0, vocab = 0;
   bool recompute = false;
+  std::string backend_name = "cpu";
+  double peak_tflops = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "%s needs a value\n", a.c_str()), std::exit(2), argv[0]); };
@@ -33,14 +38,28 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::atoi(next());
     else if (a == "--vocab") vocab = std::atoi(next());
     else if (a == "--recompute") recompute = true;
+    else if (a == "--backend") backend_name = next();
+    else if (a == "--peak-tflops") peak_tflops = std::atof(next());
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   try {
-    auto backend = nuri::make_backend("cpu", threads);
+    auto backend = nuri::make_backend(backend_name, threads);
     nuri::ModelConfig cfg = nuri::model_preset(preset);
     if (vocab > 0) cfg.vocab_size = vocab;
     cfg.recompute = recompute;
-    const double peak = nuri::measure_peak_gflops(*backend);
+    const bool gpu = backend_name == "cuda";
+    if (gpu && peak_tflops <= 0) {  // the data-sheet dense bf16 peak of the GPU in describe()
+      const std::string d = backend->describe();
+      const auto has = [&](const char* s) { return d.find(s) != std::string::npos; };
+      peak_tflops = has("H100") && has("PCIe") ? 756 : has("H100") || has("H200") || has("GH200") ? 989
+                  : has("A100") ? 312 : 0;
+      if (peak_tflops <= 0) {
+        std::fprintf(stderr, "bench_step: unknown GPU (%s); give its dense bf16 peak with --peak-tflops\n", d.c_str());
+        return 2;
+      }
+    }
+    std::printf("backend: %s\n", backend->describe().c_str());
+    const double peak = gpu ? peak_tflops * 1e3 : nuri::measure_peak_gflops(*backend);
     nuri::Model model(cfg, *backend);
     model.init_weights(1);
     nuri::OptimConfig ocfg;
@@ -67,6 +86,14 @@ int main(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &ru);
     const double rss = double(ru.ru_maxrss) * 1024.0;
     const double est = nuri::estimate_memory(cfg, B, T).total(recompute);
+    if (gpu) {
+      std::printf("%s B=%d T=%d cuda%s: median step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% of the "
+                  "%.0f TFLOP/s bf16 peak\n",
+                  preset.c_str(), B, T, recompute ? " recompute" : "", median, tok_s, flops / 1e12,
+                  100 * flops / 1e9 / peak, peak / 1e3);
+      std::printf("NURI tokens_per_s=%.1f mfu=%.4f peak_gflops=%.1f\n", tok_s, flops / 1e9 / peak, peak);
+      return 0;
+    }
     std::printf("%s B=%d T=%d threads=%d%s: median step %.3f s, %.0f tokens/s, %.1f GFLOP/s, "
                 "MFU %.1f%% of the measured GEMM peak %.1f GFLOP/s; peak RSS %.0f MiB vs estimate %.0f MiB (%.2fx)\n",
                 preset.c_str(), B, T, backend->threads(), recompute ? " recompute" : "", median, tok_s,

@@ -15,7 +15,6 @@ namespace nuri::cuda {
 
 namespace {
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 }  // namespace
 
 __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, size_t n,
@@ -43,8 +42,7 @@ cudaError_t adamw_update(float* param, const float* grad, float* m, float* v, si
   if (n == 0) return cudaSuccess;
   const float inv_bc1 = float(1.0 / (1.0 - std::pow(double(beta1), step)));
   const float inv_bc2 = float(1.0 / (1.0 - std::pow(double(beta2), step)));
-  const unsigned blocks = blocks_for(n, kBlock);
-  NURI_LAUNCH(adamw_kernel, blocks < kMaxBlocks ? blocks : kMaxBlocks, kBlock, 0, stream, param,
+  NURI_LAUNCH(adamw_kernel, stride_blocks(n, kBlock), kBlock, 0, stream, param,
               grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale, inv_bc1, inv_bc2);
   return cudaGetLastError();
 }

@@ -10,10 +10,8 @@ namespace nuri::cuda {
 
 namespace {
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 unsigned grid_for(size_t n) {
-  const unsigned blocks = blocks_for(n, kBlock);
-  return blocks < kMaxBlocks ? blocks : kMaxBlocks;
+  return stride_blocks(n, kBlock);
 }
 }  // namespace
 

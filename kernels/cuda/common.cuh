@@ -13,6 +13,11 @@
 
 #if defined(NURI_CUDA_EMU)
 #include "emu/emu.hpp"
+#include "emu/runtime.hpp"
+// Emulated builds put everything written as `namespace nuri::cuda` (kernels, launchers, the cuda
+// backend) into nuri::cuda_emu instead, so a test binary can hold them beside libnuri's real ones
+// (compiled by nvcc into nuri::cuda) without two definitions of one symbol.
+#define cuda cuda_emu
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), run on the host; records the kernel.
 #define NURI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                    \
   do {                                                                                \
@@ -25,7 +30,16 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#if defined(__CUDACC__)
 #include <mma.h>
+#else
+// A host-compiler translation unit (the cuda backend in src/backend/cuda, benchmarks) includes the
+// kernel headers for their launchers only: kernel declarations become plain declarations (never
+// called from there) and the device helpers below are left out.
+#undef __global__
+#define __global__
+#define NURI_CUDA_HOST_ONLY 1
+#endif
 #include <nvtx3/nvToolsExt.h>
 #define NURI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
@@ -58,6 +72,21 @@ inline unsigned blocks_for(size_t count, unsigned per_block) {
   return blocks == 0 ? 1u : unsigned(blocks);
 }
 
+// Grid size for a grid-stride loop over `count` items at `per_block` threads: enough blocks to
+// cover them, at most kMaxStrideBlocks. A grid-stride kernel computes the same result with any
+// grid, so the emulated build caps it at 2 blocks: there every CUDA thread is an OS thread, and
+// one thread per element would mean creating millions of them.
+#if defined(NURI_CUDA_EMU)
+inline constexpr unsigned kMaxStrideBlocks = 2;
+#else
+inline constexpr unsigned kMaxStrideBlocks = 65535;
+#endif
+inline unsigned stride_blocks(size_t count, unsigned per_block) {
+  const unsigned blocks = blocks_for(count, per_block);
+  return blocks < kMaxStrideBlocks ? blocks : kMaxStrideBlocks;
+}
+
+#if !defined(NURI_CUDA_HOST_ONLY)
 // ---- element conversions: storage type <-> fp32 math ----
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -96,5 +125,6 @@ __device__ inline float block_reduce_sum(float v) {
   v = lane < nwarps ? partial[lane] : 0.0f;
   return warp_reduce_sum(v);
 }
+#endif  // !NURI_CUDA_HOST_ONLY
 
 }  // namespace nuri::cuda

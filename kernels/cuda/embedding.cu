@@ -19,10 +19,8 @@ namespace nuri::cuda {
 
 namespace {
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 unsigned grid_for(size_t elements) {
-  const unsigned blocks = blocks_for(elements, kBlock);
-  return blocks < kMaxBlocks ? blocks : kMaxBlocks;
+  return stride_blocks(elements, kBlock);
 }
 }  // namespace
 

@@ -15,7 +15,6 @@ namespace {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 }  // namespace
 
 template <typename T>
@@ -45,7 +44,7 @@ template <typename T>
 cudaError_t launch_gelu_forward(T* out, const T* inp, size_t n, cudaStream_t stream) {
   NURI_NVTX_RANGE("gelu_forward");
   if (n == 0) return cudaSuccess;
-  const unsigned grid = blocks_for(n, kBlock) < kMaxBlocks ? blocks_for(n, kBlock) : kMaxBlocks;
+  const unsigned grid = stride_blocks(n, kBlock);
   NURI_LAUNCH(gelu_forward_kernel<T>, grid, kBlock, 0, stream, out, inp, n);
   return cudaGetLastError();
 }
@@ -54,7 +53,7 @@ cudaError_t launch_gelu_backward(T* dinp, const T* inp, const T* dout, size_t n,
                                  cudaStream_t stream) {
   NURI_NVTX_RANGE("gelu_backward");
   if (n == 0) return cudaSuccess;
-  const unsigned grid = blocks_for(n, kBlock) < kMaxBlocks ? blocks_for(n, kBlock) : kMaxBlocks;
+  const unsigned grid = stride_blocks(n, kBlock);
   NURI_LAUNCH(gelu_backward_kernel<T>, grid, kBlock, 0, stream, dinp, inp, dout, n);
   return cudaGetLastError();
 }

@@ -17,7 +17,6 @@ namespace nuri::cuda {
 
 namespace {
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 }  // namespace
 
 __global__ void rope_table_kernel(float* table, int T, int D, float theta) {
@@ -59,8 +58,7 @@ cudaError_t rope_table(float* table, int T, int D, float theta, cudaStream_t str
   if (T < 0 || D <= 0 || D % 2 != 0 || !(theta > 0.0f)) return cudaErrorInvalidValue;
   if (T == 0) return cudaSuccess;
   const size_t total = size_t(T) * (D / 2);
-  const unsigned blocks = blocks_for(total, kBlock);
-  NURI_LAUNCH(rope_table_kernel, blocks < kMaxBlocks ? blocks : kMaxBlocks, kBlock, 0, stream,
+  NURI_LAUNCH(rope_table_kernel, stride_blocks(total, kBlock), kBlock, 0, stream,
               table, T, D, theta);
   return cudaGetLastError();
 }
@@ -72,8 +70,7 @@ cudaError_t rope(float* x, const float* table, int B, int T, int nh, int D, int 
     return cudaErrorInvalidValue;
   if (B == 0 || T == 0) return cudaSuccess;
   const size_t total = size_t(B) * T * nh * (D / 2);
-  const unsigned blocks = blocks_for(total, kBlock);
-  NURI_LAUNCH(rope_kernel, blocks < kMaxBlocks ? blocks : kMaxBlocks, kBlock, 0, stream, x, table,
+  NURI_LAUNCH(rope_kernel, stride_blocks(total, kBlock), kBlock, 0, stream, x, table,
               B, T, nh, D, row_stride, inverse);
   return cudaGetLastError();
 }

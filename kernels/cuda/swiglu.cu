@@ -11,7 +11,6 @@ namespace nuri::cuda {
 
 namespace {
 constexpr unsigned kBlock = 256;
-constexpr unsigned kMaxBlocks = 65535;
 }  // namespace
 
 template <typename T>
@@ -43,8 +42,7 @@ __global__ void swiglu_backward_kernel(T* dinp, const T* inp, const T* dout, int
 
 namespace {
 unsigned grid_for(int N, int F) {
-  const unsigned blocks = blocks_for(size_t(N) * F, kBlock);
-  return blocks < kMaxBlocks ? blocks : kMaxBlocks;
+  return stride_blocks(size_t(N) * F, kBlock);
 }
 template <typename T>
 cudaError_t launch_swiglu_forward(T* out, const T* inp, int N, int F, cudaStream_t stream) {

@@ -4,6 +4,9 @@
 
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/sgemm.hpp"
+#if defined(NURI_WITH_CUDA)
+#include "backend/cuda/cuda_backend.hpp"
+#endif
 #include "nuri/backend.hpp"
 #include "nuri/error.hpp"
 
@@ -16,9 +19,14 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads,
     return std::make_unique<CpuBackend>(threads <= 0 ? default_cpu_threads() : threads);
   }
   if (name == "cuda") {
+#if defined(NURI_WITH_CUDA)
+    (void)threads;
+    return cuda::make_cuda_backend(-1);
+#else
     NURI_THROW(backend, "make_backend",
-               "this build of nuri has no CUDA backend yet (it arrives with the CUDA backend "
-               "issue); set backend = \"cpu\"");
+               "backend = \"cuda\" but this build of nuri has no CUDA backend (it was built without nvcc: "
+               "install the CUDA toolkit and rebuild, scripts/test.sh shows how), or set backend = \"cpu\"");
+#endif
   }
   NURI_THROW(config, "make_backend",
              "unknown backend '" << name << "'; the backends are \"cpu\" and \"cuda\"");

@@ -2,6 +2,7 @@
 // gpu_runs.cuh). Compiled by nvcc with the kernels (nuri_cuda_kernels); only in builds with CUDA.
 #include "gpu_runs.cuh"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -11,6 +12,7 @@
 #include "attention.cuh"
 #include "embedding.cuh"
 #include "gelu.cuh"
+#include "gemm.cuh"
 #include "layernorm.cuh"
 #include "rmsnorm.cuh"
 #include "swiglu.cuh"
@@ -141,6 +143,22 @@ void attention(std::vector<float>& out, std::vector<float>& lse, std::vector<flo
   out = o.host();
   lse = l.host();
   dqkv = dq.host();
+}
+
+void gemm_bf16(std::vector<float>& C, std::vector<float>* pre_gelu, bool trans_a, bool trans_b, int M,
+               int N, int K, float alpha, const std::vector<float>& A, int lda, const std::vector<float>& B,
+               int ldb, float beta, int ldc, const std::vector<float>& bias, int epilogue) {
+  std::vector<__nv_bfloat16> a(A.size()), b(B.size());
+  for (size_t i = 0; i < A.size(); ++i) a[i] = __float2bfloat16_rn(A[i]);
+  for (size_t i = 0; i < B.size(); ++i) b[i] = __float2bfloat16_rn(B[i]);
+  Dev<__nv_bfloat16> da(a), db(b);
+  Dev<float> dc(C), dbias(bias), dpre(pre_gelu ? C.size() : 0);
+  done(cuda::gemm_bf16(trans_a, trans_b, M, N, K, alpha, da.get(), lda, db.get(), ldb, beta, dc.get(), ldc,
+                       bias.empty() ? nullptr : dbias.get(), static_cast<cuda::GemmEpilogue>(epilogue),
+                       pre_gelu ? dpre.get() : nullptr, nullptr),
+       "gemm_bf16");
+  C = dc.host();
+  if (pre_gelu) *pre_gelu = dpre.host();
 }
 
 }  // namespace nuri::gpu_test

@@ -34,4 +34,13 @@ void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vecto
 void attention(std::vector<float>& out, std::vector<float>& lse, std::vector<float>& dqkv,
                const std::vector<float>& qkv, const std::vector<float>& dout, int B, int T, int H, int KV, int D);
 
+// C (M,N), row stride ldc, = epilogue(alpha op(A) op(B) + beta C) by cuda::gemm_bf16 (C starts as
+// given). A ((M,K), or (K,M) when trans_a; stride lda) and B ((K,N), or (N,K); stride ldb) are
+// rounded to bf16 on the way to the device (pass bf16-representable values to compare against an
+// fp32 reference). epilogue: 0 none, 1 bias, 2 bias_gelu (cuda::GemmEpilogue); bias (N) may be
+// empty (null); pre_gelu, when non-null, receives the pre-activation (resized like C).
+void gemm_bf16(std::vector<float>& C, std::vector<float>* pre_gelu, bool trans_a, bool trans_b, int M,
+               int N, int K, float alpha, const std::vector<float>& A, int lda, const std::vector<float>& B,
+               int ldb, float beta, int ldc, const std::vector<float>& bias, int epilogue);
+
 }  // namespace nuri::gpu_test

@@ -1,17 +1,26 @@
 // test_gpu (ctest `gpu`): nuri's CUDA kernels on a real GPU against the CPU backend, on the same
 // awkward shapes as the emulation test (tests/cuda_emu). Where there is no usable GPU it prints
 // one line starting "SKIPPED:" and ctest reports the test as not run (never as passed).
-// Covered on hardware today: GELU forward/backward, SwiGLU forward, RMSNorm forward/backward,
-// LayerNorm forward, embedding forward, AdamW, causal GQA attention forward and backward. Not yet: an end-to-end bf16 training run (it needs
-// the CUDA backend, issue 6). Exits 1 on any difference beyond the tolerance.
+// Covered on hardware: GELU forward/backward, SwiGLU forward, RMSNorm forward/backward, LayerNorm
+// forward, embedding forward, AdamW, causal GQA attention forward and backward, the bf16
+// tensor-core GEMM (four layouts, epilogues, 4096-sized and odd shapes); then the cuda backend
+// (gpu_backend_checks.cpp): its ops at model sizes, and end-to-end bf16 training of gpt2 and
+// llama that must follow the CPU fp32 loss. Exits 1 on any difference beyond the tolerance.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "gpu_runs.cuh"
 #include "nuri/backend.hpp"
 #include "nuri/rng.hpp"
+
+namespace nuri::gpu_test {
+int backend_checks(Backend& cpu);  // gpu_backend_checks.cpp: returns its failures
+}  // namespace nuri::gpu_test
 
 namespace {
 
@@ -31,6 +40,84 @@ void compare(const char* what, const std::vector<float>& got, const std::vector<
     worst = std::max(worst, std::abs(double(got[i]) - want[i]) / (std::abs(double(want[i])) + 1e-3));
   const bool ok = got.size() == want.size() && worst <= tol;
   std::printf("%-4s %-40s max rel. difference %.3g (tolerance %.0e)\n", ok ? "ok" : "FAIL", what, worst, tol);
+  failures += !ok;
+}
+
+// x rounded to the nearest bf16 (ties to even), as an fp32 value; finite inputs only.
+float round_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// gemm_bf16 against the CPU backend's fp32 gemm on the same bf16-rounded inputs. The sums run in
+// different orders, so the bound is relative to the terms: |got - want| <= 1e-5 s + 1e-6 with
+// s = |alpha| sum_k |a_ik b_kj| + |beta c_ij| + |bias_j|; after GELU 1.2 times that + 1e-5 |want|.
+// Prints the worst |got - want| / bound (<= 1 passes) for C and, when stored, pre_gelu.
+struct GemmShape {
+  bool trans_a, trans_b;
+  int M, N, K;
+  float alpha, beta;
+  int pad;       // extra row stride of A, B and C (odd pads force the scalar-load path)
+  int epilogue;  // 0 none, 1 bias, 2 bias_gelu
+  bool pre_gelu;
+};
+
+void compare_gemm(nuri::Backend& cpu, const GemmShape& g) {
+  namespace gt = nuri::gpu_test;
+  const int a_rows = g.trans_a ? g.K : g.M, a_cols = g.trans_a ? g.M : g.K;
+  const int b_rows = g.trans_b ? g.N : g.K, b_cols = g.trans_b ? g.K : g.N;
+  const int lda = a_cols + g.pad, ldb = b_cols + g.pad, ldc = g.N + g.pad;
+  const uint64_t seed = uint64_t(g.M) * 7919 + uint64_t(g.N) * 31 + uint64_t(g.K);
+  std::vector<float> A = randn(size_t(a_rows) * lda, seed), B = randn(size_t(b_rows) * ldb, seed + 1);
+  for (float& x : A) x = round_bf16(x);
+  for (float& x : B) x = round_bf16(x);
+  std::vector<float> Aabs(A.size()), Babs(B.size());
+  for (size_t i = 0; i < A.size(); ++i) Aabs[i] = std::abs(A[i]);
+  for (size_t i = 0; i < B.size(); ++i) Babs[i] = std::abs(B[i]);
+  const std::vector<float> C0 = randn(size_t(g.M) * ldc, seed + 2);
+  const std::vector<float> bias = g.epilogue ? randn(size_t(g.N), seed + 3) : std::vector<float>();
+
+  std::vector<float> want = C0, scale(C0.size(), 0.0f);
+  cpu.gemm(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A.data(), lda, B.data(), ldb, g.beta, want.data(), ldc);
+  cpu.gemm(g.trans_a, g.trans_b, g.M, g.N, g.K, std::abs(g.alpha), Aabs.data(), lda, Babs.data(), ldb, 0.0f,
+           scale.data(), ldc);
+  std::vector<float> want_pre(size_t(g.M) * g.N), want_c(want_pre.size()), bound(want_pre.size());
+  for (int i = 0; i < g.M; ++i)
+    for (int j = 0; j < g.N; ++j) {
+      const size_t k = size_t(i) * ldc + j, o = size_t(i) * g.N + j;
+      const float b = bias.empty() ? 0.0f : bias[j];
+      want_pre[o] = want[k] + b;
+      bound[o] = 1e-5f * (scale[k] + std::abs(g.beta * C0[k]) + std::abs(b)) + 1e-6f;
+    }
+  want_c = want_pre;
+  if (g.epilogue == 2) cpu.gelu_forward(want_c.data(), want_pre.data(), want_pre.size());
+
+  std::vector<float> C = C0, pre;
+  gt::gemm_bf16(C, g.pre_gelu ? &pre : nullptr, g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A, lda, B, ldb,
+                g.beta, ldc, bias, g.epilogue);
+  double worst_c = 0, worst_pre = 0;
+  for (int i = 0; i < g.M; ++i)
+    for (int j = 0; j < g.N; ++j) {
+      const size_t k = size_t(i) * ldc + j, o = size_t(i) * g.N + j;
+      const double bc = g.epilogue == 2 ? 1.2 * bound[o] + 1e-5 * std::abs(want_c[o]) : bound[o];
+      const double dc = std::abs(double(C[k]) - want_c[o]);
+      worst_c = std::max(worst_c, std::isfinite(dc) ? dc / bc : 1e30);
+      if (g.pre_gelu) {
+        const double dp = std::abs(double(pre[k]) - want_pre[o]);
+        worst_pre = std::max(worst_pre, std::isfinite(dp) ? dp / bound[o] : 1e30);
+      }
+    }
+  const char* epi[] = {"none", "bias", "bias_gelu"};
+  char what[160];
+  std::snprintf(what, sizeof what, "gemm_bf16 %c%c M=%d N=%d K=%d %s%s", g.trans_a ? 'T' : 'N', g.trans_b ? 'T' : 'N',
+                g.M, g.N, g.K, epi[g.epilogue], g.pad % 8 ? " scalar" : "");
+  const bool ok = worst_c <= 1.0 && worst_pre <= 1.0;
+  std::printf("%-4s %-56s worst |diff| / bound %.3g (pre_gelu %.3g; pass <= 1)\n", ok ? "ok" : "FAIL", what,
+              worst_c, worst_pre);
   failures += !ok;
 }
 
@@ -116,6 +203,21 @@ int main() {
       g::adamw_update(gp, grad, gm, gv, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f);
       compare(("adamw_update step=" + std::to_string(step)).c_str(), gp, p, 1e-5);
     }
+    // GEMM: the linear layer's three layouts at GPT-2-like sizes, the fourth layout, odd sizes,
+    // odd strides (scalar loads), tiny M, and a 4096 cube.
+    const GemmShape gemms[] = {
+        {false, true, 4096, 4096, 4096, 1.0f, 0.0f, 0, 0, false},
+        {false, true, 4096, 3072, 768, 1.0f, 0.0f, 0, 2, true},     // forward fc + GELU
+        {false, false, 4096, 768, 3072, 1.0f, 0.0f, 0, 0, false},   // backward dinp
+        {true, false, 768, 3072, 4096, 1.0f, 1.0f, 0, 0, false},    // backward dW (accumulate)
+        {true, true, 333, 517, 1001, -0.5f, 0.25f, 0, 1, false},
+        {false, true, 4099, 1001, 777, 0.5f, 0.5f, 3, 2, true},     // odd everything, scalar loads
+        {true, false, 130, 4097, 95, 2.0f, 0.0f, 1, 1, false},
+        {false, true, 1, 50257, 768, 1.0f, 0.0f, 0, 1, false},     // one row, wide N
+        {false, false, 17, 5, 3, 1.0f, 0.0f, 0, 0, false},
+    };
+    for (const GemmShape& gs : gemms) compare_gemm(*cpu, gs);
+    failures += nuri::gpu_test::backend_checks(*cpu);
   } catch (const std::exception& e) {
     std::printf("FAIL: %s\n", e.what());
     return 1;

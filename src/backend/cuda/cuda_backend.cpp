@@ -1,0 +1,521 @@
+// The cuda backend (cuda_backend.hpp): each Backend op as launches of kernels/cuda on one stream.
+// Shapes follow include/nuri/backend.hpp; N = rows, C = channels, V = vocab, IC/OC = in/out.
+#include "backend/cuda/cuda_backend.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+#include <tuple>
+#include <vector>
+
+#include "adamw.cuh"
+#include "add.cuh"
+#include "attention.cuh"
+#include "attention_bf16.cuh"
+#include "backend/cuda/device_allocator.hpp"
+#include "bias_grad.cuh"
+#include "cast.cuh"
+#include "cross_entropy.cuh"
+#include "embedding.cuh"
+#include "gelu.cuh"
+#include "gemm.cuh"
+#include "layernorm.cuh"
+#include "nuri/error.hpp"
+#include "nuri/log.hpp"
+#include "rmsnorm.cuh"
+#include "rope.cuh"
+#include "scale.cuh"
+#include "sum_squares.cuh"
+#include "swiglu.cuh"
+#if !defined(NURI_CUDA_EMU)
+#include "backend/cuda/gemm_dispatch.hpp"
+#if defined(NURI_WITH_CUDNN)
+#include "backend/cuda/cudnn_attention.hpp"
+#endif
+#endif
+
+namespace nuri::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// Device scratch the ops reuse (device memory, never seen by the host).
+enum Slot { kBf16A, kBf16B, kBf16C, kBf16D, kBf16E, kTokens, kLogits, kLosses, kWorkspace, kDouble, kSlots };
+
+// NURI_ATTENTION / NURI_GEMM style switches: "auto" unless set.
+std::string env_choice(const char* name, std::initializer_list<const char*> allowed) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return "auto";
+  for (const char* a : allowed)
+    if (std::string(v) == a) return v;
+  std::string list;
+  for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+  NURI_THROW(config, "cuda backend", "environment variable " << name << "='" << v << "' is not one of: " << list);
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+    device_name_ = prop.name;
+    sm_ = prop.major * 10 + prop.minor;
+    NURI_CHECK(sm_ >= 80, backend, "cuda backend",
+               "GPU " << device_ << " (" << device_name_ << ", sm_" << sm_
+                      << ") is older than sm_80; nuri's kernels need bf16 tensor cores (A100, H100 or newer)");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    attention_choice_ = env_choice("NURI_ATTENTION", {"auto", "ours", "fp32", "cudnn"});
+#if !defined(NURI_CUDA_EMU)
+    gemm_ = std::make_unique<GemmDispatch>(stream_, std::string());
+#if defined(NURI_WITH_CUDNN)
+    std::string why;
+    if (attention_choice_ == "cudnn") {
+      NURI_CHECK(CudnnAttention::available(&why), backend, "cuda backend",
+                 "NURI_ATTENTION=cudnn but cuDNN SDPA is not usable here: " << why);
+      cudnn_ = std::make_unique<CudnnAttention>(stream_);
+    }
+#else
+    NURI_CHECK(attention_choice_ != "cudnn", backend, "cuda backend",
+               "NURI_ATTENTION=cudnn but this build of nuri has no cuDNN (it was not found at build time)");
+#endif
+#endif
+  }
+
+  ~CudaBackend() override {
+    for (auto& [key, table] : rope_tables_) allocator_.release(table);
+    for (auto& s : scratch_) scratch_alloc_.release(s.ptr);
+    if (done_) (void)cudaEventDestroy(done_);
+    if (stream_) (void)cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  int threads() const override { return 1; }
+  std::string describe() const override {
+    std::ostringstream s;
+    s << "cuda: GPU " << device_ << " (" << device_name_ << ", sm_" << sm_
+      << "), bf16 tensor-core matmuls with fp32 accumulation and fp32 master weights";
+#if !defined(NURI_CUDA_EMU)
+    s << "; gemm: " << gemm_->describe();
+#endif
+    s << "; attention: " << attention_choice_;
+    return s.str();
+  }
+
+  // ---- memory ----
+  float* alloc(size_t count) override {
+    auto* p = static_cast<float*>(allocator_.allocate(count * sizeof(float), "a backend buffer"));
+    if (p) {
+      check(cudaMemsetAsync(p, 0, count * sizeof(float), stream_), "cudaMemsetAsync");
+      finish("alloc");
+    }
+    return p;
+  }
+  void free(float* ptr) override { allocator_.release(ptr); }
+  void zero(float* ptr, size_t count) override {
+    if (count) check(cudaMemsetAsync(ptr, 0, count * sizeof(float), stream_), "zero");
+    finish("zero");
+  }
+  void copy(float* dst, const float* src, size_t count) override {
+    if (count) check(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDefault, stream_), "copy");
+    finish("copy");
+  }
+
+  // ---- dense algebra ----
+  void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+            const float* B, int ldb, float beta, float* C, int ldc) override {
+    NURI_CHECK(M >= 0 && N >= 0 && K >= 0, shape, "gemm", "bad sizes M=" << M << " N=" << N << " K=" << K);
+    // A is (M,K) or (K,M), B is (K,N) or (N,K), each with its row stride.
+    const bf16* a = to_bf16(kBf16A, A, trans_a ? K : M, trans_a ? M : K, lda);
+    const bf16* b = to_bf16(kBf16B, B, trans_b ? N : K, trans_b ? K : N, ldb);
+    const int lda16 = trans_a ? M : K, ldb16 = trans_b ? K : N;
+    matmul("gemm", trans_a, trans_b, M, N, K, alpha, a, lda16, b, ldb16, beta, C, ldc, nullptr,
+           GemmEpilogue::none, nullptr);
+    finish("gemm");
+  }
+
+  void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int IC, int OC, bool accumulate) override {
+    check_linear("linear_forward", N, IC, OC);
+    // out (N,OC) = inp (N,IC) @ W (OC,IC)^T [+ bias]
+    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
+    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+    matmul("linear_forward", false, true, N, OC, IC, 1.0f, x, IC, w, IC, accumulate ? 1.0f : 0.0f, out, OC,
+           bias, bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
+    finish("linear_forward");
+  }
+
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int IC, int OC) override {
+    check_linear("linear_backward", N, IC, OC);
+    const bf16* dy = to_bf16(kBf16C, dout, N, OC, OC);
+    if (dinp) {  // dinp (N,IC) = dout (N,OC) @ W (OC,IC)
+      const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+      matmul("linear_backward dinp", false, false, N, IC, OC, 1.0f, dy, OC, w, IC, 0.0f, dinp, IC,
+             nullptr, GemmEpilogue::none, nullptr);
+    }
+    if (dweight) {  // dW (OC,IC) += dout^T (OC,N) @ inp (N,IC)
+      const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
+      matmul("linear_backward dweight", true, false, OC, IC, N, 1.0f, dy, OC, x, IC, 1.0f, dweight, IC,
+             nullptr, GemmEpilogue::none, nullptr);
+    }
+    if (dbias) check(bias_grad(dbias, dout, N, OC, stream_), "linear_backward: bias_grad");
+    finish("linear_backward");
+  }
+
+  void add(float* out, const float* a, const float* b, size_t n) override {
+    check(cuda::add(out, a, b, n, stream_), "add");
+    finish("add");
+  }
+  void scale(float* x, float s, size_t n) override {
+    check(cuda::scale(x, s, n, stream_), "scale");
+    finish("scale");
+  }
+  double sum_squares(const float* x, size_t n) override {
+    double* partials = scratch<double>(kDouble, sum_squares_partials() + 1);
+    double* result = partials + sum_squares_partials();
+    check(cuda::sum_squares(result, x, n, partials, stream_), "sum_squares");
+    double host = 0.0;
+    check(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDefault, stream_), "sum_squares: copy back");
+    finish("sum_squares");
+    return host;
+  }
+
+  // ---- norms ----
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                         const float* bias, int N, int C, float eps) override {
+    check(cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps, stream_), "layernorm_forward");
+    finish("layernorm_forward");
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                          const float* weight, const float* mean, const float* rstd, int N, int C) override {
+    check(cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, stream_),
+          "layernorm_backward");
+    finish("layernorm_backward");
+  }
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                       float eps) override {
+    check(cuda::rmsnorm_forward(out, rstd, inp, weight, N, C, eps, stream_), "rmsnorm_forward");
+    finish("rmsnorm_forward");
+  }
+  void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                        const float* rstd, int N, int C) override {
+    check(cuda::rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C, stream_), "rmsnorm_backward");
+    finish("rmsnorm_backward");
+  }
+
+  // ---- activations ----
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    check(cuda::gelu_forward(out, inp, n, stream_), "gelu_forward");
+    finish("gelu_forward");
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    check(cuda::gelu_backward(dinp, inp, dout, n, stream_), "gelu_backward");
+    finish("gelu_backward");
+  }
+  void swiglu_forward(float* out, const float* inp, int N, int F) override {
+    check(cuda::swiglu_forward(out, inp, N, F, stream_), "swiglu_forward");
+    finish("swiglu_forward");
+  }
+  void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) override {
+    check(cuda::swiglu_backward(dinp, inp, dout, N, F, stream_), "swiglu_backward");
+    finish("swiglu_backward");
+  }
+
+  // ---- positions ----
+  void rope(float* x, int B, int T, int nh, int D, int row_stride, float theta, bool inverse) override {
+    check(cuda::rope(x, rope_table_for(T, D, theta), B, T, nh, D, row_stride, inverse, stream_), "rope");
+    finish("rope");
+  }
+
+  // ---- attention ----
+  // D = 64 or 128: bf16 tensor cores (cuDNN SDPA with NURI_ATTENTION=cudnn, else ours); other D,
+  // or NURI_ATTENTION=fp32: our fp32 SIMT kernels on the fp32 buffers.
+  void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int H, int KV,
+                         int D) override {
+    check_attention("attention_forward", B, T, H, KV, D);
+    if (!use_bf16_attention(D)) {
+      check(cuda::attention_forward(out, lse, qkv, B, T, H, KV, D, stream_), "attention_forward (fp32)");
+      finish("attention_forward");
+      return;
+    }
+    const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D;
+    const bf16* q = to_bf16(kBf16A, qkv, rows, width, width);
+    bf16* o = scratch<bf16>(kBf16B, rows * size_t(H) * D);
+    bool done = false;
+#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
+    if (cudnn_) done = cudnn_ok(cudnn_->forward(o, lse, q, B, T, H, KV, D), "attention_forward");
+#endif
+    if (!done) check(attention_forward_bf16(o, lse, q, B, T, H, KV, D, stream_), "attention_forward (bf16)");
+    check(cast_bf16_to_f32(out, o, rows * size_t(H) * D, stream_), "attention_forward: cast");
+    finish("attention_forward");
+  }
+
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+                          int B, int T, int H, int KV, int D) override {
+    check_attention("attention_backward", B, T, H, KV, D);
+    if (!use_bf16_attention(D)) {
+      check(cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, H, KV, D, stream_),
+            "attention_backward (fp32)");
+      finish("attention_backward");
+      return;
+    }
+    const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D, ow = size_t(H) * D;
+    const bf16* q = to_bf16(kBf16A, qkv, rows, width, width);
+    const bf16* o = to_bf16(kBf16B, out, rows, ow, ow);
+    const bf16* dy = to_bf16(kBf16C, dout, rows, ow, ow);
+    bf16* dq = scratch<bf16>(kBf16D, rows * width);
+    bool done = false;
+#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
+    if (cudnn_) done = cudnn_ok(cudnn_->backward(dq, dy, q, o, lse, B, T, H, KV, D), "attention_backward");
+#endif
+    if (!done) {
+      float* ws = scratch<float>(kWorkspace, attention_backward_bf16_workspace(B, T, H, KV, D));
+      check(attention_backward_bf16(dq, dy, q, o, lse, ws, B, T, H, KV, D, stream_), "attention_backward (bf16)");
+    }
+    check(cast_bf16_to_f32(dqkv, dq, rows * width, stream_), "attention_backward: cast");
+    finish("attention_backward");
+  }
+
+  // ---- embedding ----
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int N, int T,
+                         int C) override {
+    const int32_t* t = upload_ids(tokens, N, "embedding_forward");
+    check(cuda::embedding_forward(out, t, wte, wpe, N, T, C, stream_), "embedding_forward");
+    finish("embedding_forward");
+  }
+  void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int N, int T,
+                          int C) override {
+    const int32_t* t = upload_ids(tokens, N, "embedding_backward");
+    check(cuda::embedding_backward(dwte, dwpe, dout, t, N, T, C, stream_), "embedding_backward");
+    finish("embedding_backward");
+  }
+
+  // ---- loss ----
+  // Rows in chunks, as on the CPU (backend.hpp): logits (rows,V) = x W^T by the bf16 GEMM, then one
+  // fused kernel per chunk writes the row losses and, with dx, overwrites the logits with
+  // grad_scale (softmax - onehot); dx = dlogits W and dW += dlogits^T x by the bf16 GEMM.
+  double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const float* weight,
+                               const int32_t* targets, int N, int C, int V, float grad_scale) override {
+    NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_cross_entropy",
+               "bad sizes N=" << N << " C=" << C << " V=" << V);
+    for (int n = 0; n < N; ++n) {
+      NURI_CHECK(targets[n] < V, data, "lm_head_cross_entropy",
+                 "target " << targets[n] << " at row " << n << " is outside the vocabulary [0, " << V
+                           << "); was the data tokenized with a larger vocabulary than the model's vocab_size?");
+    }
+    if (N == 0) return 0.0;
+    const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(N), kLmHeadChunkFloats / V)));
+    const int32_t* tgt = upload_ids(targets, N, "lm_head_cross_entropy");
+    const bf16* w = to_bf16(kBf16B, weight, V, C, C);
+    const bf16* xall = to_bf16(kBf16A, x, N, C, C);
+    float* logits = scratch<float>(kLogits, size_t(std::min(chunk, N)) * V);
+    float* losses = scratch<float>(kLosses, size_t(N));
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+      const int rows = std::min(chunk, N - n0);
+      const bf16* xc = xall + size_t(n0) * C;
+      matmul("lm_head_cross_entropy logits", false, true, rows, V, C, 1.0f, xc, C, w, C, 0.0f, logits, V,
+             nullptr, GemmEpilogue::none, nullptr);
+      check(cross_entropy_fused(logits, losses + n0, tgt + n0, rows, V, dx ? grad_scale : 0.0f, stream_),
+            "lm_head_cross_entropy: cross_entropy_fused");
+      if (dx) {
+        const bf16* g = to_bf16(kBf16C, logits, rows, V, V);
+        // dx_c (rows,C) = dlogits (rows,V) W (V,C)
+        matmul("lm_head_cross_entropy dx", false, false, rows, C, V, 1.0f, g, V, w, C, 0.0f, dx + size_t(n0) * C,
+               C, nullptr, GemmEpilogue::none, nullptr);
+        // dW (V,C) += dlogits^T (V,rows) x_c (rows,C)
+        if (dweight)
+          matmul("lm_head_cross_entropy dweight", true, false, V, C, rows, 1.0f, g, V, xc, C, 1.0f, dweight, C,
+                 nullptr, GemmEpilogue::none, nullptr);
+      }
+    }
+    std::vector<float> host(static_cast<size_t>(N));
+    check(cudaMemcpyAsync(host.data(), losses, host.size() * sizeof(float), cudaMemcpyDefault, stream_),
+          "lm_head_cross_entropy: copy losses");
+    finish("lm_head_cross_entropy");
+    double sum = 0.0;
+    for (float l : host) sum += double(l);  // ignored rows hold 0
+    return sum;
+  }
+
+  void lm_head_logits(float* logits, const float* x, const float* weight, int N, int C, int V) override {
+    NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_logits", "bad sizes N=" << N << " C=" << C << " V=" << V);
+    const bf16* xb = to_bf16(kBf16A, x, N, C, C);
+    const bf16* w = to_bf16(kBf16B, weight, V, C, C);
+    matmul("lm_head_logits", false, true, N, V, C, 1.0f, xb, C, w, C, 0.0f, logits, V, nullptr,
+           GemmEpilogue::none, nullptr);
+    finish("lm_head_logits");
+  }
+
+  void cross_entropy_partial(float* row_max, float* row_sum, float* target_logit, const float* logits,
+                             const int32_t* targets, int N, int V, int vocab_start) override {
+    const int32_t* t = upload_ids(targets, N, "cross_entropy_partial");
+    check(cuda::cross_entropy_partial(row_max, row_sum, target_logit, logits, t, N, V, vocab_start, stream_),
+          "cross_entropy_partial");
+    finish("cross_entropy_partial");
+  }
+  void cross_entropy_partial_backward(float* logits, const float* lse, const int32_t* targets, int N, int V,
+                                      int vocab_start, float scale) override {
+    const int32_t* t = upload_ids(targets, N, "cross_entropy_partial_backward");
+    check(cuda::cross_entropy_partial_backward(logits, lse, t, N, V, vocab_start, scale, stream_),
+          "cross_entropy_partial_backward");
+    finish("cross_entropy_partial_backward");
+  }
+
+  // ---- optimizer ----
+  void adamw_update(float* param, const float* grad, float* m, float* v, size_t n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, int step, float grad_scale) override {
+    check(cuda::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale, stream_),
+          "adamw_update");
+    finish("adamw_update");
+  }
+
+ private:
+  struct Scratch {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+
+  // Throws Error(backend) naming the op and the CUDA error.
+  void check(cudaError_t e, const char* what, const std::string& detail = std::string()) {
+    if (e == cudaSuccess) return;
+    (void)cudaGetLastError();
+    NURI_THROW(backend, "cuda backend",
+               what << " failed on GPU " << device_ << ": " << cudaGetErrorString(e)
+                    << (detail.empty() ? "" : " (") << detail << (detail.empty() ? "" : ")"));
+  }
+  // Waits for the op's work; an asynchronous fault is reported against this op.
+  void finish(const char* op) {
+    check(cudaEventRecord(done_, stream_), op);
+    check(cudaEventSynchronize(done_), op);
+  }
+
+  template <typename T>
+  T* scratch(Slot slot, size_t count) {
+    Scratch& s = scratch_[slot];
+    const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
+    if (s.bytes < bytes) {
+      finish("scratch");  // the old buffer may still be read by queued work
+      scratch_alloc_.release(s.ptr);
+      s.ptr = scratch_alloc_.allocate(bytes, "device scratch");
+      s.bytes = DeviceAllocator::round_size(bytes);
+    }
+    return static_cast<T*>(s.ptr);
+  }
+
+  // A (rows, cols) fp32 matrix with row stride ld, as a dense bf16 (rows, cols) copy in a slot.
+  const bf16* to_bf16(Slot slot, const float* src, size_t rows, size_t cols, size_t ld) {
+    bf16* dst = scratch<bf16>(slot, rows * cols);
+    if (rows * cols == 0) return dst;
+    if (ld == cols) {
+      check(cast_f32_to_bf16(dst, src, rows * cols, stream_), "cast to bf16");
+    } else {
+      for (size_t r = 0; r < rows; ++r)  // strided operands are rare (the TP paths): a cast per row
+        check(cast_f32_to_bf16(dst + r * cols, src + r * ld, cols, stream_), "cast to bf16");
+    }
+    return dst;
+  }
+
+  // Token or target ids (N, host or managed memory) copied to device scratch.
+  const int32_t* upload_ids(const int32_t* ids, int N, const char* op) {
+    NURI_CHECK(N >= 0, shape, op, "bad row count N=" << N);
+    int32_t* d = scratch<int32_t>(kTokens, size_t(N));
+    if (N) check(cudaMemcpyAsync(d, ids, size_t(N) * sizeof(int32_t), cudaMemcpyDefault, stream_), op);
+    return d;
+  }
+
+  void matmul(const char* op, bool ta, bool tb, int M, int N, int K, float alpha, const bf16* A, int lda,
+              const bf16* B, int ldb, float beta, float* C, int ldc, const float* bias, GemmEpilogue ep,
+              float* pre_gelu) {
+#if defined(NURI_CUDA_EMU)
+    check(gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, ep, pre_gelu, stream_), op);
+#else
+    check(gemm_->run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, ep, pre_gelu), op);
+#endif
+  }
+
+  void check_linear(const char* op, int N, int IC, int OC) {
+    NURI_CHECK(N >= 0 && IC > 0 && OC > 0, shape, op, "bad sizes N=" << N << " IC=" << IC << " OC=" << OC);
+  }
+  void check_attention(const char* op, int B, int T, int H, int KV, int D) {
+    NURI_CHECK(B >= 0 && T >= 0 && H > 0 && KV > 0 && H % KV == 0 && D > 0 && D <= 128, shape, op,
+               "unsupported attention shape B=" << B << " T=" << T << " H=" << H << " KV=" << KV << " D=" << D
+                                                << " (the cuda backend needs H % KV == 0 and head dim D <= 128)");
+  }
+#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
+  // True when cuDNN ran the op; false (once warned) when it refused the shape, so our kernel runs;
+  // an execution failure throws.
+  bool cudnn_ok(cudaError_t e, const char* op) {
+    if (e == cudaSuccess) return true;
+    if (e != cudaErrorNotSupported) check(e, op, "cuDNN SDPA: " + cudnn_->last_error());
+    if (!cudnn_warned_) NURI_WARN("cuda backend: " << op << ": cuDNN SDPA refused (" << cudnn_->last_error()
+                                                   << "); using nuri's attention kernels for such shapes");
+    cudnn_warned_ = true;
+    return false;
+  }
+#endif
+  bool use_bf16_attention(int D) const { return (D == 64 || D == 128) && attention_choice_ != "fp32"; }
+
+  const float* rope_table_for(int T, int D, float theta) {
+    const auto key = std::make_tuple(T, D, theta);
+    auto it = rope_tables_.find(key);
+    if (it != rope_tables_.end()) return it->second;
+    const size_t floats = size_t(std::max(T, 1)) * size_t(D);  // (T, D/2) cos and sin
+    auto* table = static_cast<float*>(allocator_.allocate(floats * sizeof(float), "the RoPE table"));
+    check(rope_table(table, T, D, theta, stream_), "rope_table");
+    finish("rope_table");
+    rope_tables_.emplace(key, table);
+    return table;
+  }
+
+  int device_ = 0, sm_ = 0;
+  std::string device_name_;
+  DeviceAllocator allocator_{true};  // the interface's buffers: managed memory
+  DeviceAllocator scratch_alloc_{false};  // device-only scratch
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t done_ = nullptr;
+  Scratch scratch_[kSlots];
+  std::map<std::tuple<int, int, float>, float*> rope_tables_;
+  std::string attention_choice_;
+#if !defined(NURI_CUDA_EMU)
+  std::unique_ptr<GemmDispatch> gemm_;
+#if defined(NURI_WITH_CUDNN)
+  std::unique_ptr<CudnnAttention> cudnn_;
+  bool cudnn_warned_ = false;
+#endif
+#endif
+};
+
+}  // namespace
+
+int local_rank_device(int device_count) {
+  int local = 0;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
+    if (const char* v = std::getenv(var)) {
+      local = std::atoi(v);
+      break;
+    }
+  }
+  return device_count > 0 ? local % device_count : 0;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    NURI_THROW(backend, "make_backend",
+               "backend = \"cuda\" but no CUDA device is usable here ("
+                   << (e != cudaSuccess ? cudaGetErrorString(e) : "no GPU found")
+                   << "); run on a GPU node (check nvidia-smi and CUDA_VISIBLE_DEVICES) or set backend = \"cpu\"");
+  }
+  if (device < 0) device = local_rank_device(count);
+  NURI_CHECK(device < count, backend, "make_backend",
+             "GPU " << device << " asked for, but only " << count << " visible (CUDA_VISIBLE_DEVICES)");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace nuri::cuda

@@ -1,0 +1,43 @@
+#pragma once
+// The cuda backend: the Backend interface on one NVIDIA GPU, through the kernels of kernels/cuda
+// (and cuBLASLt / cuDNN where they are faster: gemm_dispatch.hpp, cudnn_attention.hpp).
+//
+// Precision (mixed, as torch.autocast with bf16): every buffer of the interface is fp32 — the
+// parameters are the fp32 master weights, the AdamW moments are fp32, activations between ops are
+// fp32 — and the matrix products (linear layers, the LM head, attention with D = 64 or 128) run on
+// bf16 tensor cores with fp32 accumulation: their inputs are rounded to bf16 on the way in (cast
+// kernels into device scratch), their outputs are fp32. Everything else (norms, activations, RoPE,
+// softmax, cross-entropy, AdamW) is fp32.
+//
+// Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
+// (device_allocator.hpp), so the model's host-side reads and writes (initialisation, checkpoints,
+// MPI collectives on gradients) stay valid; hot data migrates to the GPU on first use there.
+// Token and target arrays are host pointers; each op copies what it needs to device scratch.
+//
+// Streams and synchronisation: all work goes to one non-blocking stream per backend; every op
+// waits for its own work (an event) before it returns. That makes host access between ops safe
+// and attributes an asynchronous kernel fault to the op that launched it, at the cost of a host
+// round trip per op (a few microseconds; the step timings in benchmarks/kernels show what it costs).
+//
+// Device: the local rank's GPU (local rank % device count; OMPI_COMM_WORLD_LOCAL_RANK, then
+// SLURM_LOCALID, MPI_LOCALRANKID, LOCAL_RANK), or the one given.
+//
+// Built twice: by the host compiler against the CUDA runtime (libnuri, NURI_WITH_CUDA), and in
+// NURI_CUDA_EMU builds against the emulated runtime and kernels (tests/cuda_emu), where the
+// namespace nuri::cuda is renamed nuri::cuda_emu (common.cuh) so both can live in one binary.
+#include <memory>
+#include <string>
+
+#include "common.cuh"
+#include "nuri/backend.hpp"
+
+namespace nuri::cuda {
+
+// Creates the cuda backend on `device` (< 0: the local rank's GPU, see above).
+// Throws Error(backend) when there is no usable device, naming what was found.
+std::unique_ptr<Backend> make_cuda_backend(int device = -1);
+
+// The GPU this process uses when none is given: local rank % devices (0 without a launcher).
+int local_rank_device(int device_count);
+
+}  // namespace nuri::cuda
