@@ -34,11 +34,17 @@ class Backend {
   // One line for logs: the name and what was chosen for this machine (threads, libraries).
   virtual std::string describe() const { return name(); }
 
+  // True when ops may be given plain host memory (malloc, std::vector) as float buffers; false
+  // when every float buffer must come from alloc() (the cuda backend: its kernels cannot read
+  // pageable host memory). Token and target ids are host memory with every backend.
+  virtual bool accepts_host_buffers() const { return true; }
+
   // ---- memory (owned by the caller until free) ----
   virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned
   virtual void free(float* ptr) = 0;  // releases a buffer from this backend's alloc()
   virtual void zero(float* ptr, size_t count) = 0;  // ptr[0, count) = 0
-  virtual void copy(float* dst, const float* src, size_t count) = 0;  // dst = src, count floats
+  // dst = src, count floats; either may also be plain host memory (how data enters and leaves).
+  virtual void copy(float* dst, const float* src, size_t count) = 0;
 
   // ---- dense algebra ----
   // C (M,N) = alpha * op(A) op(B) + beta * C, op(X) = X or X^T. lda/ldb/ldc are row strides.

@@ -548,6 +548,13 @@ cudaError_t backward_d(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16
 }
 }  // namespace
 
+size_t attention_bf16_shared_bytes(int D) {
+  const auto most = [](size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); };
+  if (D == 64) return most(Smem<64>::kForward, Smem<64>::kDq, Smem<64>::kDkdv) + Smem<64>::kAlignSlack;
+  if (D == 128) return most(Smem<128>::kForward, Smem<128>::kDq, Smem<128>::kDkdv) + Smem<128>::kAlignSlack;
+  return 0;
+}
+
 cudaError_t attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, int B, int T, int H,
                                    int KV, int D, cudaStream_t stream) {
   NURI_NVTX_RANGE("attention_forward_bf16");

@@ -34,6 +34,11 @@ __global__ void attention_bf16_backward_dkdv_kernel(__nv_bfloat16* dqkv,
 cudaError_t attention_forward_bf16(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv,
                                    int B, int T, int H, int KV, int D, cudaStream_t stream);
 
+// Bytes of dynamic shared memory per block the largest of these kernels needs at head dim D (0 for
+// an unsupported D). D = 128 needs more than sm_86/sm_89 GPUs allow per block: a caller compares
+// it with cudaDevAttrMaxSharedMemoryPerBlockOptin and falls back to the fp32 kernels.
+size_t attention_bf16_shared_bytes(int D);
+
 // fp32 floats of workspace attention_backward_bf16 needs: delta = rowsum(dO * O), (B,H,T).
 size_t attention_backward_bf16_workspace(int B, int T, int H, int KV, int D);
 

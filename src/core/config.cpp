@@ -170,7 +170,7 @@ std::vector<Key> schema(RunConfig& c) {
   CheckpointConfig& k = c.checkpoint;
   const int big = 1 << 30;
   return {
-      string_key("backend", &c.backend, {"cpu", "cuda"}, "compute backend"),
+      string_key("backend", &c.backend, {"cpu", "cuda"}, "compute backend (cuda: one GPU per rank, docs/cuda.md)"),
       string_key("cpu_gemm", &c.cpu_gemm, {"auto", "openblas", "eigen", "bf16"},
                  "CPU GEMM: auto (fp32: OpenBLAS if its kernel uses AVX-512, else Eigen), "
                  "openblas, eigen, or bf16 (AVX512_BF16 mixed precision); env NURI_CPU_GEMM"),

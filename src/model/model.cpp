@@ -73,11 +73,16 @@ struct Model::Impl {
   bool kv_shared = false;         // kv heads replicated over p/KV ranks
   std::vector<int32_t> local_tokens;           // tokens in this rank's vocabulary slice, else -1
   std::vector<float> snapshot, slots;          // partial-gradient reduction scratch
-  std::vector<float> head_stats;               // vocab-parallel loss: per-row statistics
+  float* head_stats = nullptr;                 // vocab-parallel loss: per-row statistics (backend memory)
+  size_t head_stats_floats = 0;
   float* head_logits = nullptr;                // vocab-parallel loss: one chunk of logits
   size_t head_logits_floats = 0;
+  float* out_logits = nullptr;                 // forward_logits' staging, for backends that need it
+  size_t out_logits_floats = 0;
 
   ~Impl() {
+    if (head_stats) backend->free(head_stats);
+    if (out_logits) backend->free(out_logits);
     if (head_logits) backend->free(head_logits);
     if (arena) backend->free(arena);
   }
@@ -581,9 +586,13 @@ double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* d
     m.head_logits_floats = rows_max * d.V;
     m.head_logits = be.alloc(m.head_logits_floats);
   }
-  m.head_stats.resize(6 * rows_max);
+  if (m.head_stats_floats < 6 * rows_max) {  // backend memory: the backend's ops write it
+    if (m.head_stats) be.free(m.head_stats);
+    m.head_stats_floats = 6 * rows_max;
+    m.head_stats = be.alloc(m.head_stats_floats);
+  }
   float* logits = m.head_logits;
-  float *mx = m.head_stats.data(), *sum = mx + rows_max, *tl = sum + rows_max, *gmax = tl + rows_max,
+  float *mx = m.head_stats, *sum = mx + rows_max, *tl = sum + rows_max, *gmax = tl + rows_max,
         *pack = gmax + rows_max;  // pack: 2 rows_max (sums, target logits), then lse reuses gmax
   double loss = 0;
   for (int n0 = 0; n0 < d.N; n0 += chunk) {
@@ -784,16 +793,28 @@ void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
-  if (!m.tp) {
-    backend_.lm_head_logits(logits, m.lnf, params_ + m.head, d.N, d.C, d.V);
-    return;
-  }
-  // Each rank writes its vocabulary columns of the zeroed (N, V) logits; the sum is every column.
+  // The caller's logits may be host memory (a std::vector): where the backend cannot write that,
+  // the logits go to a backend buffer first and are copied out.
   const size_t all = size_t(d.N) * d.V_full;
-  backend_.zero(logits, all);
-  backend_.gemm(false, true, d.N, d.V, d.C, 1.0f, m.lnf, d.C, params_ + m.head, d.C, 0.0f,
-                logits + m.vocab_start, d.V_full);
-  m.tp->all_reduce_sum(logits, all);
+  float* out = logits;
+  if (!backend_.accepts_host_buffers()) {
+    if (m.out_logits_floats < all) {
+      if (m.out_logits) backend_.free(m.out_logits);
+      m.out_logits_floats = all;
+      m.out_logits = backend_.alloc(all);
+    }
+    out = m.out_logits;
+  }
+  if (!m.tp) {
+    backend_.lm_head_logits(out, m.lnf, params_ + m.head, d.N, d.C, d.V);
+  } else {
+    // Each rank writes its vocabulary columns of the zeroed (N, V) logits; the sum is every column.
+    backend_.zero(out, all);
+    backend_.gemm(false, true, d.N, d.V, d.C, 1.0f, m.lnf, d.C, params_ + m.head, d.C, 0.0f,
+                  out + m.vocab_start, d.V_full);
+    m.tp->all_reduce_sum(out, all);
+  }
+  if (out != logits) backend_.copy(logits, out, all);
 }
 
 }  // namespace nuri

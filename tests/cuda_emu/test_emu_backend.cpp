@@ -146,6 +146,12 @@ TEST_CASE("emulated cuda backend: memory, dense algebra, loss against the CPU", 
     // dlogits are rounded to bf16 before the two backward products: bf16 tolerance.
     check_close_scaled("lm_head_cross_entropy dx", gdx.get(), dx, 1e-2f);
     check_close_scaled("lm_head_cross_entropy dweight", gdw.get(), dw, 1e-2f);
+    // grad_scale 0: a zero gradient (dx = 0, dW unchanged), the loss as before.
+    Buf gdw0(g, dw0);
+    const double got0 = g.lm_head_cross_entropy(gdx.p, gdw0.p, gx.p, gw.p, tgt.data(), N, C, V, 0.0f);
+    CHECK(got0 == Approx(want).epsilon(1e-5));
+    CHECK(std::all_of(gdx.p, gdx.p + gdx.n, [](float v) { return v == 0.0f; }));
+    check_equal("lm_head_cross_entropy dweight, grad_scale 0", gdw0.get(), dw0);
     std::vector<int32_t> bad = tgt;
     bad[2] = V;
     CHECK_THROWS_AS(g.lm_head_cross_entropy(gdx.p, gdw.p, gx.p, gw.p, bad.data(), N, C, V, 1.0f), nuri::Error);
@@ -222,6 +228,17 @@ std::vector<double> train_losses(nuri::Backend& be, const nuri::ModelConfig& cfg
   return losses;
 }
 
+// The logits of the model at `init` for a few tokens, into host memory (std::vector): the cuda
+// backend cannot write host memory, so the model stages them through a backend buffer.
+Vec logits_of(nuri::Backend& be, const nuri::ModelConfig& cfg, const Vec& init) {
+  nuri::Model m(cfg, be);
+  std::memcpy(m.params(), init.data(), init.size() * sizeof(float));
+  const std::vector<int32_t> tokens = {3, 1, 4, 1, 5};
+  Vec logits(tokens.size() * size_t(cfg.vocab_size), -1.0f);
+  m.forward_logits(logits.data(), tokens.data(), 1, int(tokens.size()));
+  return logits;
+}
+
 }  // namespace
 
 TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (bf16 tolerance)",
@@ -244,6 +261,8 @@ TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (
       // 0.35% over these steps; 1% is the bound (a wrong op moves them by far more).
       CHECK(std::fabs(got[s] - want[s]) <= 1e-2 * std::fabs(want[s]));
     }
+    check_close_scaled(family + " forward_logits into host memory", logits_of(gpu(), cfg, init),
+                       logits_of(cpu(), cfg, init), 2e-2f);
     // It trained: the loss fell by far more than the tolerance.
     CHECK(want.back() < want.front() - 0.1);
     CHECK(got.back() < got.front() - 0.1);

@@ -58,6 +58,13 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrConcurrentManagedAccess = 89 };
+// An H100's values: 227 KiB of shared memory per block; concurrent managed access.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (!value || device != 0) return cudaErrorInvalidValue;
+  *value = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 232448 : 1;
+  return cudaSuccess;
+}
 
 inline cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   if (!ptr) return cudaErrorInvalidValue;

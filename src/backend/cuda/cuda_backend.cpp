@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <map>
 #include <sstream>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "adamw.cuh"
@@ -66,6 +66,15 @@ class CudaBackend final : public Backend {
     NURI_CHECK(sm_ >= 80, backend, "cuda backend",
                "GPU " << device_ << " (" << device_name_ << ", sm_" << sm_
                       << ") is older than sm_80; nuri's kernels need bf16 tensor cores (A100, H100 or newer)");
+    // Managed memory is touched by the host (MPI's communication thread included) while kernels
+    // run: that needs concurrent managed access (Linux with a Pascal-or-newer GPU; not WSL).
+    int concurrent = 0;
+    check(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device_), "cudaDeviceGetAttribute");
+    NURI_CHECK(concurrent == 1, backend, "cuda backend",
+               "GPU " << device_ << " (" << device_name_ << ") has no concurrent managed memory access (as under "
+                      << "Windows/WSL), which nuri's cuda backend needs; run on Linux");
+    check(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_),
+          "cudaDeviceGetAttribute");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     attention_choice_ = env_choice("NURI_ATTENTION", {"auto", "ours", "fp32", "cudnn"});
@@ -86,13 +95,21 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    for (auto& [key, table] : rope_tables_) allocator_.release(table);
+    // The library handles first: they hold the stream.
+#if !defined(NURI_CUDA_EMU)
+#if defined(NURI_WITH_CUDNN)
+    cudnn_.reset();
+#endif
+    gemm_.reset();
+#endif
+    for (auto& [key, table] : rope_tables_) allocator_.release(table.data);
     for (auto& s : scratch_) scratch_alloc_.release(s.ptr);
     if (done_) (void)cudaEventDestroy(done_);
     if (stream_) (void)cudaStreamDestroy(stream_);
   }
 
   std::string name() const override { return "cuda"; }
+  bool accepts_host_buffers() const override { return false; }
   int threads() const override { return 1; }
   std::string describe() const override {
     std::ostringstream s;
@@ -314,6 +331,11 @@ class CudaBackend final : public Backend {
     const bf16* xall = to_bf16(kBf16A, x, N, C, C);
     float* logits = scratch<float>(kLogits, size_t(std::min(chunk, N)) * V);
     float* losses = scratch<float>(kLosses, size_t(N));
+    // grad_scale = 0 asks for a zero gradient: dx = 0 and dW unchanged, without the products.
+    if (dx && grad_scale == 0.0f) {
+      check(cudaMemsetAsync(dx, 0, size_t(N) * C * sizeof(float), stream_), "lm_head_cross_entropy: zero dx");
+      dx = nullptr;
+    }
     for (int n0 = 0; n0 < N; n0 += chunk) {
       const int rows = std::min(chunk, N - n0);
       const bf16* xc = xall + size_t(n0) * C;
@@ -457,18 +479,26 @@ class CudaBackend final : public Backend {
     return false;
   }
 #endif
-  bool use_bf16_attention(int D) const { return (D == 64 || D == 128) && attention_choice_ != "fp32"; }
+  // Our bf16 kernels where the GPU has the shared memory they need (D = 128 does not fit on
+  // sm_86/sm_89), else the fp32 ones.
+  bool use_bf16_attention(int D) const {
+    return (D == 64 || D == 128) && attention_choice_ != "fp32" &&
+           attention_bf16_shared_bytes(D) <= size_t(shared_optin_);
+  }
 
+  // The (T, D/2, 2) cos/sin table of (D, theta): one per pair, grown to the longest T asked for (a
+  // table for T rows starts with the table for fewer).
   const float* rope_table_for(int T, int D, float theta) {
-    const auto key = std::make_tuple(T, D, theta);
-    auto it = rope_tables_.find(key);
-    if (it != rope_tables_.end()) return it->second;
-    const size_t floats = size_t(std::max(T, 1)) * size_t(D);  // (T, D/2) cos and sin
-    auto* table = static_cast<float*>(allocator_.allocate(floats * sizeof(float), "the RoPE table"));
-    check(rope_table(table, T, D, theta, stream_), "rope_table");
+    RopeTable& t = rope_tables_[std::make_pair(D, theta)];
+    if (t.data && t.rows >= T) return t.data;
+    const int rows = std::max({T, 1, 2 * t.rows});  // doubling: sampling asks for T = 1, 2, 3, ...
     finish("rope_table");
-    rope_tables_.emplace(key, table);
-    return table;
+    allocator_.release(t.data);
+    t.data = static_cast<float*>(allocator_.allocate(size_t(rows) * size_t(D) * sizeof(float), "the RoPE table"));
+    t.rows = rows;
+    check(rope_table(t.data, rows, D, theta, stream_), "rope_table");
+    finish("rope_table");
+    return t.data;
   }
 
   int device_ = 0, sm_ = 0;
@@ -478,7 +508,12 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;
   Scratch scratch_[kSlots];
-  std::map<std::tuple<int, int, float>, float*> rope_tables_;
+  struct RopeTable {
+    float* data = nullptr;
+    int rows = 0;
+  };
+  std::map<std::pair<int, float>, RopeTable> rope_tables_;
+  int shared_optin_ = 0;  // bytes of shared memory a block may opt into on this GPU
   std::string attention_choice_;
 #if !defined(NURI_CUDA_EMU)
   std::unique_ptr<GemmDispatch> gemm_;

@@ -37,6 +37,13 @@ size_t DeviceAllocator::round_size(size_t bytes) {
 }
 
 void* DeviceAllocator::device_alloc(size_t bytes) {
+  if (managed_) {
+    // Managed memory may oversubscribe the GPU (it pages to the host instead of failing), which
+    // would turn a too-large batch into silent thrashing: hold it to the device's free memory.
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && bytes > free_b) return nullptr;
+    (void)cudaGetLastError();
+  }
   void* ptr = nullptr;
   const cudaError_t e = managed_ ? cudaMallocManaged(&ptr, bytes) : cudaMalloc(&ptr, bytes);
   if (e != cudaSuccess) {
