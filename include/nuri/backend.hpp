@@ -54,6 +54,14 @@ class Backend {
   // out += instead of =.
   virtual void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                               int N, int IC, int OC, bool accumulate) = 0;
+  // pre (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias (OC) [bias may be null], out (N,OC) =
+  // gelu(pre): linear_forward then gelu_forward, which a backend may fuse (the cuda backend does,
+  // in the GEMM's epilogue). The MLP of gpt2 models.
+  virtual void linear_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                                   const float* bias, int N, int IC, int OC) {
+    linear_forward(pre, inp, weight, bias, N, IC, OC, false);
+    gelu_forward(out, pre, size_t(N) * size_t(OC));
+  }
   // dinp (N,IC) = dout @ weight (dinp may be null); dweight (OC,IC) += dout^T @ inp;
   // dbias (OC) += column sums of dout (dbias may be null).
   virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,

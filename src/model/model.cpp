@@ -632,10 +632,10 @@ void block_forward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig
   be.attention_forward(a.att, a.lse, a.qkv, d.B, d.T, d.H, d.KV, d.D);
   row_parallel_forward(m, be, d, a.mid, x, a.att, p.proj_w, p.proj_b, d.HD);
   norm_forward(m, be, d, cfg.norm_eps, a.ln2, a.mean2, a.rstd2, a.mid, p.ln2_w, p.ln2_b);
-  be.linear_forward(a.fc, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC, false);
   if (d.gpt2) {
-    be.gelu_forward(a.act, a.fc, size_t(d.N) * d.F);
+    be.linear_gelu_forward(a.fc, a.act, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC);  // FC = F
   } else {
+    be.linear_forward(a.fc, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC, false);
     be.swiglu_forward(a.act, a.fc, d.N, d.F);
   }
   row_parallel_forward(m, be, d, y, a.mid, a.act, p.mlp_proj_w, p.mlp_proj_b, d.F);

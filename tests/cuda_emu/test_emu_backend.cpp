@@ -106,6 +106,16 @@ TEST_CASE("emulated cuda backend: memory, dense algebra, loss against the CPU", 
       g.linear_forward(gout.p, gx.p, gw.p, gb.p, N, IC, OC, acc);
       check_close_scaled(acc ? "linear_forward accumulate" : "linear_forward", gout.get(), want, 1e-5f);
     }
+    {  // GELU fused into the GEMM epilogue, with and without bias
+      for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+        Buf gx(g, x), gw(g, w), gb(g, bias), gpre(g, size_t(N) * OC), gout(g, size_t(N) * OC);
+        Vec pre(size_t(N) * OC), out(size_t(N) * OC);
+        cpu().linear_gelu_forward(pre.data(), out.data(), x.data(), w.data(), b, N, IC, OC);
+        g.linear_gelu_forward(gpre.p, gout.p, gx.p, gw.p, b ? gb.p : nullptr, N, IC, OC);
+        check_close_scaled("linear_gelu_forward pre", gpre.get(), pre, 1e-5f);
+        check_close_scaled("linear_gelu_forward out", gout.get(), out, 1e-5f);
+      }
+    }
     Buf gx(g, x), gw(g, w), gdy(g, dy), gdx(g, size_t(N) * IC), gdw(g, dw0), gdb(g, db0);
     Vec dx(size_t(N) * IC), dw = dw0, db = db0;
     cpu().linear_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), N, IC, OC);

@@ -165,6 +165,17 @@ class CudaBackend final : public Backend {
     finish("linear_forward");
   }
 
+  // GELU fused into the GEMM's epilogue: out = gelu(pre) and pre stored for the backward.
+  void linear_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
+                           int IC, int OC) override {
+    check_linear("linear_gelu_forward", N, IC, OC);
+    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
+    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+    matmul("linear_gelu_forward", false, true, N, OC, IC, 1.0f, x, IC, w, IC, 0.0f, out, OC, bias,
+           GemmEpilogue::bias_gelu, pre);
+    finish("linear_gelu_forward");
+  }
+
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int IC, int OC) override {
     check_linear("linear_backward", N, IC, OC);
