@@ -54,6 +54,9 @@ expect "bad value type" 2 "key 'train.steps' at --set train.steps=many must be a
 expect "vocab smaller than tokenizer" 2 "model.vocab_size (100) is smaller than the bytes tokenizer's vocabulary (257)" -- \
   "${base[@]}" --set model.vocab_size=100
 expect "cuda requested but absent" 1 "CUDA" -- "${base[@]}" --set backend=cuda
+expect "nccl gradients without the cuda backend" 2 "parallel.dp_comm = \"nccl\" reduces gradients in GPU memory: it needs backend = \"cuda\"" -- \
+  "${base[@]}" --set parallel.dp_comm=nccl
+expect "unknown dp_comm" 2 "parallel.dp_comm" -- "${base[@]}" --set parallel.dp_comm=tcp
 expect "NaN loss stops the run" 1 "stopping (train.nonfinite = \"stop\")" -- \
   "${base[@]}" --set optim.lr=1e10 --set optim.min_lr=1e10 --set optim.warmup_steps=0 --set optim.grad_clip=0 \
   --set train.steps=40 --set train.nonfinite=stop

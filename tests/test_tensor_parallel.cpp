@@ -20,6 +20,8 @@
 #include "nuri/comm.hpp"
 #include "nuri/error.hpp"
 #include "nuri/model.hpp"
+#include "nuri/optim.hpp"
+#include "nuri/parallel.hpp"
 #include "nuri/rng.hpp"
 #include "nuri/tensor_parallel.hpp"
 
@@ -398,6 +400,67 @@ TEST_CASE("a layout that cannot be split is refused with the reason", "[tp][mode
   CHECK(nuri::parameter_layout(cfg, 3, 2).size() == nuri::parameter_layout(cfg).size());
   cfg.n_kv_head = 2;
   CHECK_NOTHROW(nuri::parameter_layout(cfg, 6, 5));  // 2 kv heads, each replicated over 3 ranks
+}
+
+// DataParallel's gradient communicator (DataParallelOptions::grad_comm; NCCL in GPU runs): the
+// bucket reductions and ZeRO-1's all-gathers go over it, the loss and norm sums stay on the DP
+// communicator, and the step is the same as with one communicator for everything.
+TEST_CASE("DataParallel with a separate gradient communicator takes the same steps", "[dp]") {
+  auto w = world();
+  if (w->size() < 2) return;  // one rank: no communication to route
+  nuri::ModelConfig cfg = nuri::model_preset("gpt2-tiny");
+  cfg.n_layer = 2;
+  cfg.d_model = 32;
+  cfg.n_head = 2;
+  cfg.n_kv_head = 2;
+  cfg.d_ff = 48;
+  cfg.vocab_size = 40;
+  cfg.max_seq_len = 8;
+  auto be = nuri::make_backend("cpu", 1);
+  const int B = 2, T = 8;
+  nuri::Rng rng(11, uint64_t(w->rank()));  // every rank its own batch
+  std::vector<int32_t> x, y;
+  for (int i = 0; i < B * T; ++i) {
+    x.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
+    y.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
+  }
+  for (bool zero1 : {false, true}) {
+    std::vector<std::vector<float>> params;
+    std::vector<uint64_t> on_grads;
+    for (bool separate : {false, true}) {
+      auto grads = w->split(0, w->rank(), "grads");
+      nuri::Model m(cfg, *be);
+      m.init_weights(3);
+      nuri::DataParallelOptions o;
+      o.zero1 = zero1;
+      o.bucket_mb = 0;  // one bucket per layer: several collectives
+      if (separate) o.grad_comm = grads;
+      nuri::OptimConfig oc;
+      nuri::DataParallel dp(m, *be, oc, w, o);
+      dp.broadcast_parameters();
+      for (int step = 0; step < 2; ++step) {
+        dp.zero_grads();
+        const float loss = dp.forward_backward(x.data(), y.data(), B, T, 1.0f, true);
+        const nuri::DataParallel::Reduced r = dp.reduce(loss);
+        dp.step(1e-2, r.grad_norm);
+      }
+      w->synchronize();
+      grads->synchronize();
+      params.emplace_back(m.params(), m.params() + m.num_params());
+      on_grads.push_back(grads->issued());
+    }
+    INFO("zero1 = " << zero1);
+    CHECK(on_grads[0] == 0);  // not given: the gradient communicator was not used
+    CHECK(on_grads[1] > 2);   // given: the broadcast and every bucket of both steps went over it
+    CHECK(params[0] == params[1]);
+  }
+  // A gradient communicator must have the DP group's ranks in its order.
+  auto reversed = w->split(0, w->size() - 1 - w->rank(), "reversed");
+  nuri::Model m(cfg, *be);
+  nuri::DataParallelOptions o;
+  o.grad_comm = reversed;
+  nuri::OptimConfig oc;
+  CHECK_THROWS_AS(nuri::DataParallel(m, *be, oc, w, o), nuri::Error);
 }
 
 int main(int argc, char** argv) { return nuri::testing::run_catch_under_mpi(argc, argv); }

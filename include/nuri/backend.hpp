@@ -38,6 +38,8 @@ class Backend {
   // when every float buffer must come from alloc() (the cuda backend: its kernels cannot read
   // pageable host memory). Token and target ids are host memory with every backend.
   virtual bool accepts_host_buffers() const { return true; }
+  // The CUDA device this backend runs on; -1 for none (the CPU backend).
+  virtual int device() const { return -1; }
 
   // ---- memory (owned by the caller until free) ----
   virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned

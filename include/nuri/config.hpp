@@ -96,6 +96,7 @@ struct ParallelConfig {
   bool zero1 = false;           // shard AdamW moments over DP (ZeRO stage 1)
   double bucket_mb = 25;        // gradient bucket size in MiB (fp32); 0: one bucket per layer
   double comm_timeout_s = 300;  // seconds a collective may take before the job is aborted
+  std::string dp_comm = "mpi";  // gradient reductions: "mpi", or "nccl" (GPU memory, backend cuda)
 };
 
 // A whole run's configuration, as load_run_config reads it: one member per TOML section.

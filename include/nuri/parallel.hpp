@@ -76,6 +76,11 @@ struct DataParallelOptions {
   // parallelism: the gradient norm then sums every rank's slices, counting a tensor replicated
   // over r ranks once (ParamTensor::pieces). Null or size 1: no tensor parallelism.
   std::shared_ptr<Communicator> tp;
+  // The communicator for the model's gradient and parameter buffers (bucket reductions, ZeRO-1's
+  // all-gather, the initial broadcast): an NCCL one over the same ranks when those buffers are
+  // GPU memory (`parallel.dp_comm = "nccl"`). Null: the DP communicator, which also always
+  // carries the small host-side reductions (loss, gradient norm).
+  std::shared_ptr<Communicator> grad_comm;
 };
 
 // One gradient bucket: a contiguous range of the flat buffer and the layers it covers.
@@ -154,6 +159,7 @@ class DataParallel {
   Trainable& model_;
   Backend& backend_;
   std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<Communicator> grad_comm_;  // comm_ unless DataParallelOptions::grad_comm
   std::shared_ptr<Communicator> tp_;  // null without tensor parallelism
   int size_ = 1, rank_ = 0;
   // Ranges of the flat buffer replicated over TP ranks, with the weight 1/replicas (sorted).

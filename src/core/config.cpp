@@ -237,6 +237,8 @@ std::vector<Key> schema(RunConfig& c) {
                "ZeRO-1: shard the AdamW moments over DP (reduce-scatter grads, all-gather params)"),
       real_key("parallel.bucket_mb", &p.bucket_mb, 0.0, 1e6,
                "gradient bucket (MiB of fp32), reduced during backward; 0: one per layer"),
+      string_key("parallel.dp_comm", &p.dp_comm, {"mpi", "nccl"},
+                 "the data-parallel gradient reductions: mpi, or nccl (in GPU memory; needs backend = cuda)"),
       real_key("parallel.comm_timeout_s", &p.comm_timeout_s, 0.0, 1e9,
                "a collective slower than this aborts the job, naming the missing ranks (0: $NURI_COMM_TIMEOUT or 300)"),
       int_key("checkpoint.every", &k.every, 0, big, "save a checkpoint every N steps (0: only at the end)"),

@@ -105,6 +105,11 @@ DataParallel::DataParallel(Trainable& model, Backend& backend, const OptimConfig
     size_ = comm_->size();
     rank_ = comm_->rank();
   }
+  grad_comm_ = options.grad_comm ? options.grad_comm : comm_;
+  if (options.grad_comm) {
+    NURI_CHECK(comm_ && grad_comm_->size() == size_ && grad_comm_->rank() == rank_, config, "DataParallel",
+               "the gradient communicator (" << grad_comm_->describe() << ") must have the DP group's ranks");
+  }
   zero1_ = options.zero1 && size_ > 1;
   if (options.tp && options.tp->size() > 1) {
     NURI_CHECK(model_.tp_size() == options.tp->size(), config, "DataParallel",
@@ -162,14 +167,17 @@ DataParallel::~DataParallel() {
   // Collectives may still be in flight on the model's buffers (an exception left a step early):
   // let them finish before the buffers can go away. The communicator's watchdog ends a hang.
   try {
-    if (comm_ && size_ > 1) comm_->synchronize();
+    if (comm_ && size_ > 1) {
+      grad_comm_->synchronize();
+      comm_->synchronize();
+    }
   } catch (...) {
   }
   impl_.reset();
 }
 
 void DataParallel::broadcast_parameters() {
-  if (size_ > 1) comm_->broadcast(model_.params(), model_.num_params(), 0);
+  if (size_ > 1) grad_comm_->broadcast(model_.params(), model_.num_params(), 0);
 }
 
 void DataParallel::zero_grads() {
@@ -197,8 +205,8 @@ void DataParallel::start_bucket(size_t b, bool in_backward) {
   const GradBucket& k = buckets_[b];
   float* g = model_.grads() + k.offset;
   const Clock::time_point now = Clock::now();
-  CommHandle h = zero1_ ? comm_->reduce_scatter_async(g, g + k.owned.offset, k.count, ReduceOp::avg)
-                        : comm_->all_reduce_async(g, k.count, ReduceOp::avg);
+  CommHandle h = zero1_ ? grad_comm_->reduce_scatter_async(g, g + k.owned.offset, k.count, ReduceOp::avg)
+                        : grad_comm_->all_reduce_async(g, k.count, ReduceOp::avg);
   impl_->handles.push_back(h);
   impl_->track(h, now);
   ++next_bucket_;
@@ -282,7 +290,7 @@ void DataParallel::step(double lr, double grad_norm) {
   const Clock::time_point start = Clock::now();
   for (const GradBucket& b : buckets_) {
     float* p = model_.params() + b.offset;
-    CommHandle h = comm_->all_gather_async(p + b.owned.offset, p, b.count);
+    CommHandle h = grad_comm_->all_gather_async(p + b.owned.offset, p, b.count);
     impl_->handles.push_back(h);
     impl_->track(h, Clock::now());
   }

@@ -285,6 +285,17 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   dp_options.zero1 = pc.zero1;
   dp_options.bucket_mb = pc.bucket_mb;
   if (tp_size > 1) dp_options.tp = grid->tp_ptr();
+  if (pc.dp_comm == "nccl") {
+    // The gradients and parameters live in GPU memory: reduce them with NCCL over the DP ranks
+    // (the small host-side sums stay on MPI). Every rank has the same config, so all take this.
+    NURI_CHECK(backend->device() >= 0, config, "train",
+               "parallel.dp_comm = \"nccl\" reduces gradients in GPU memory: it needs backend = \"cuda\" (this run "
+               "has backend = \"" << cfg.backend << "\"); set parallel.dp_comm = \"mpi\"");
+    NURI_CHECK(nccl_available(), backend, "train",
+               "parallel.dp_comm = \"nccl\" but this build of nuri has no NCCL (nccl.h / libnccl were not found "
+               "at build time); set parallel.dp_comm = \"mpi\"");
+    if (dp_comm && dp_size > 1) dp_options.grad_comm = make_nccl_communicator(dp_comm, backend->device());
+  }
   DataParallel engine(model, *backend, cfg.optim, dp_comm, dp_options);
   engine.broadcast_parameters();  // replicas start identical whatever the initialisation did
 

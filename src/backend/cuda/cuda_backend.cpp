@@ -110,6 +110,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   bool accepts_host_buffers() const override { return false; }
+  int device() const override { return device_; }
   int threads() const override { return 1; }
   std::string describe() const override {
     std::ostringstream s;
