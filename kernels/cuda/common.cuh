@@ -103,7 +103,9 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 
 // ---- reductions ----
 // Sum over the 32 lanes of a warp (butterfly: every lane gets the total). All 32 lanes call it.
-__device__ __forceinline__ float warp_reduce_sum(float v) {
+// T = float or double.
+template <typename T>
+__device__ __forceinline__ T warp_reduce_sum(T v) {
   for (int offset = kWarpSize / 2; offset > 0; offset >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
@@ -112,9 +114,10 @@ __device__ __forceinline__ float warp_reduce_sum(float v) {
 // Sum over a 1-D block; every thread gets the total. blockDim.x must be a multiple of 32 (<= 1024)
 // and every thread of the block must call it. The order of the additions is fixed by the block
 // shape, so the result is deterministic. Safe to call back to back (it syncs before reusing its
-// shared memory).
-__device__ inline float block_reduce_sum(float v) {
-  __shared__ float partial[kWarpSize];
+// shared memory). T = float or double.
+template <typename T>
+__device__ inline T block_reduce_sum(T v) {
+  __shared__ T partial[kWarpSize];
   const int lane = int(threadIdx.x) % kWarpSize;
   const int warp = int(threadIdx.x) / kWarpSize;
   const int nwarps = int(blockDim.x) / kWarpSize;
@@ -122,7 +125,7 @@ __device__ inline float block_reduce_sum(float v) {
   __syncthreads();  // a previous call may still be reading `partial`
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  v = lane < nwarps ? partial[lane] : 0.0f;
+  v = lane < nwarps ? partial[lane] : T(0);
   return warp_reduce_sum(v);
 }
 #endif  // !NURI_CUDA_HOST_ONLY

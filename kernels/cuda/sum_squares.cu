@@ -20,26 +20,6 @@ namespace {
 constexpr unsigned kBlock = 256;
 constexpr unsigned kFinalBlock = 128;
 constexpr size_t kMinPerThread = 64;
-
-__device__ __forceinline__ double warp_reduce_sum_f64(double v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// As block_reduce_sum (common.cuh), in double: every thread gets the block's total.
-__device__ inline double block_reduce_sum_f64(double v) {
-  __shared__ double partial[kWarpSize];
-  const int lane = int(threadIdx.x) % kWarpSize;
-  const int warp = int(threadIdx.x) / kWarpSize;
-  const int nwarps = int(blockDim.x) / kWarpSize;
-  v = warp_reduce_sum_f64(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? partial[lane] : 0.0;
-  return warp_reduce_sum_f64(v);
-}
 }  // namespace
 
 __global__ void sum_squares_partial_kernel(double* partials, const float* x, size_t n) {
@@ -49,14 +29,14 @@ __global__ void sum_squares_partial_kernel(double* partials, const float* x, siz
     const double v = x[i];
     acc += v * v;
   }
-  const double total = block_reduce_sum_f64(acc);
+  const double total = block_reduce_sum<double>(acc);
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
 __global__ void sum_squares_final_kernel(double* out, const double* partials, unsigned count) {
   double acc = 0.0;
   for (unsigned i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
-  const double total = block_reduce_sum_f64(acc);
+  const double total = block_reduce_sum<double>(acc);
   if (threadIdx.x == 0) *out = total;
 }
 

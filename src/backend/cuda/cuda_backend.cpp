@@ -157,24 +157,14 @@ class CudaBackend final : public Backend {
 
   void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                       int IC, int OC, bool accumulate) override {
-    check_linear("linear_forward", N, IC, OC);
-    // out (N,OC) = inp (N,IC) @ W (OC,IC)^T [+ bias]
-    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
-    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
-    matmul("linear_forward", false, true, N, OC, IC, 1.0f, x, IC, w, IC, accumulate ? 1.0f : 0.0f, out, OC,
-           bias, bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
-    finish("linear_forward");
+    linear_nt("linear_forward", out, inp, weight, bias, N, IC, OC, accumulate ? 1.0f : 0.0f,
+              bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
   }
 
   // GELU fused into the GEMM's epilogue: out = gelu(pre) and pre stored for the backward.
   void linear_gelu_forward(float* pre, float* out, const float* inp, const float* weight, const float* bias, int N,
                            int IC, int OC) override {
-    check_linear("linear_gelu_forward", N, IC, OC);
-    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
-    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
-    matmul("linear_gelu_forward", false, true, N, OC, IC, 1.0f, x, IC, w, IC, 0.0f, out, OC, bias,
-           GemmEpilogue::bias_gelu, pre);
-    finish("linear_gelu_forward");
+    linear_nt("linear_gelu_forward", out, inp, weight, bias, N, IC, OC, 0.0f, GemmEpilogue::bias_gelu, pre);
   }
 
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -376,12 +366,7 @@ class CudaBackend final : public Backend {
   }
 
   void lm_head_logits(float* logits, const float* x, const float* weight, int N, int C, int V) override {
-    NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_logits", "bad sizes N=" << N << " C=" << C << " V=" << V);
-    const bf16* xb = to_bf16(kBf16A, x, N, C, C);
-    const bf16* w = to_bf16(kBf16B, weight, V, C, C);
-    matmul("lm_head_logits", false, true, N, V, C, 1.0f, xb, C, w, C, 0.0f, logits, V, nullptr,
-           GemmEpilogue::none, nullptr);
-    finish("lm_head_logits");
+    linear_nt("lm_head_logits", logits, x, weight, nullptr, N, C, V, 0.0f, GemmEpilogue::none, nullptr);
   }
 
   void cross_entropy_partial(float* row_max, float* row_sum, float* target_logit, const float* logits,
@@ -469,6 +454,16 @@ class CudaBackend final : public Backend {
 #else
     check(gemm_->run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, ep, pre_gelu), op);
 #endif
+  }
+
+  // out (N,OC) = epilogue(inp (N,IC) @ W (OC,IC)^T [+ bias] + beta out), inputs rounded to bf16.
+  void linear_nt(const char* op, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                 int OC, float beta, GemmEpilogue epilogue, float* pre_gelu) {
+    check_linear(op, N, IC, OC);
+    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
+    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+    matmul(op, false, true, N, OC, IC, 1.0f, x, IC, w, IC, beta, out, OC, bias, epilogue, pre_gelu);
+    finish(op);
   }
 
   void check_linear(const char* op, int N, int IC, int OC) {
