@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,7 +44,14 @@ int main(int argc, char** argv) {
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   try {
-    auto backend = nuri::make_backend(backend_name, threads);
+    std::unique_ptr<nuri::Backend> backend;
+    try {
+      backend = nuri::make_backend(backend_name, threads);
+    } catch (const nuri::Error& e) {
+      if (backend_name != "cuda" || e.kind() != nuri::ErrorKind::backend) throw;
+      std::printf("SKIPPED: %s\n", e.message().c_str());  // no GPU here: nothing to measure
+      return 0;
+    }
     nuri::ModelConfig cfg = nuri::model_preset(preset);
     if (vocab > 0) cfg.vocab_size = vocab;
     cfg.recompute = recompute;
