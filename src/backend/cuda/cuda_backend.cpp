@@ -42,7 +42,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 // Device scratch the ops reuse (device memory, never seen by the host).
-enum Slot { kBf16A, kBf16B, kBf16C, kBf16D, kBf16E, kTokens, kLogits, kLosses, kWorkspace, kDouble, kSlots };
+enum Slot { kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble, kSlots };
 
 // NURI_ATTENTION / NURI_GEMM style switches: "auto" unless set.
 std::string env_choice(const char* name, std::initializer_list<const char*> allowed) {
