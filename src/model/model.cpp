@@ -22,6 +22,7 @@
 #include <functional>
 #include <string>
 
+#include "backend/lm_head.hpp"  // lm_head_chunk_rows
 #include "nuri/backend.hpp"
 #include "nuri/comm.hpp"  // block_range
 #include "nuri/error.hpp"
@@ -579,7 +580,7 @@ double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* d
   // The chunk must be the same on every rank (the collectives below are per chunk): sized by the
   // largest slice, ceil(V / p), not this rank's, which may be one smaller.
   const size_t v_max = (size_t(d.V_full) + size_t(m.tp->size()) - 1) / size_t(m.tp->size());
-  const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(d.N), kLmHeadChunkFloats / v_max)));
+  const int chunk = lm_head_chunk_rows(d.N, v_max);
   const size_t rows_max = size_t(std::min(chunk, d.N));
   if (m.head_logits_floats < rows_max * d.V) {
     if (m.head_logits) be.free(m.head_logits);

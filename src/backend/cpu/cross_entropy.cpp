@@ -19,12 +19,12 @@
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/sgemm.hpp"
 #include "backend/cpu/exp_poly.hpp"
+#include "backend/lm_head.hpp"
 #include "nuri/error.hpp"
 
 namespace nuri {
 
 namespace {
-constexpr size_t kChunkFloats = kLmHeadChunkFloats;  // logits per chunk (backend.hpp)
 constexpr int kSumBlock = 1024;                    // softmax-sum block, in fp32 within a block
 }  // namespace
 
@@ -33,14 +33,9 @@ double CpuBackend::lm_head_cross_entropy(float* dx, float* dweight, const float*
                                          int C, int V, float grad_scale) {
   NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_cross_entropy",
              "bad sizes N=" << N << " C=" << C << " V=" << V);
-  for (int n = 0; n < N; ++n) {
-    NURI_CHECK(targets[n] < V, data, "lm_head_cross_entropy",
-               "target " << targets[n] << " at row " << n << " is outside the vocabulary [0, "
-                         << V << "); was the data tokenized with a larger vocabulary than the "
-                         << "model's vocab_size?");
-  }
+  check_lm_head_targets(targets, N, V);
   if (N == 0) return 0.0;
-  const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(N), kChunkFloats / V)));
+  const int chunk = lm_head_chunk_rows(N, size_t(V));
   thread_local std::vector<float> buffer;
   const size_t need = size_t(std::min(chunk, N)) * V;
   if (buffer.size() < need) buffer.resize(need);

@@ -14,6 +14,7 @@
 #include "attention.cuh"
 #include "attention_bf16.cuh"
 #include "backend/cuda/device_allocator.hpp"
+#include "backend/lm_head.hpp"
 #include "bias_grad.cuh"
 #include "cast.cuh"
 #include "cross_entropy.cuh"
@@ -321,13 +322,9 @@ class CudaBackend final : public Backend {
                                const int32_t* targets, int N, int C, int V, float grad_scale) override {
     NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_cross_entropy",
                "bad sizes N=" << N << " C=" << C << " V=" << V);
-    for (int n = 0; n < N; ++n) {
-      NURI_CHECK(targets[n] < V, data, "lm_head_cross_entropy",
-                 "target " << targets[n] << " at row " << n << " is outside the vocabulary [0, " << V
-                           << "); was the data tokenized with a larger vocabulary than the model's vocab_size?");
-    }
+    check_lm_head_targets(targets, N, V);
     if (N == 0) return 0.0;
-    const int chunk = int(std::max<size_t>(16, std::min<size_t>(size_t(N), kLmHeadChunkFloats / V)));
+    const int chunk = lm_head_chunk_rows(N, size_t(V));
     const int32_t* tgt = upload_ids(targets, N, "lm_head_cross_entropy");
     const bf16* w = to_bf16(kBf16B, weight, V, C, C);
     const bf16* xall = to_bf16(kBf16A, x, N, C, C);
