@@ -59,7 +59,6 @@ class CublasLtGemm {
   // The message of the last failed run() (or of the construction); empty if none failed yet.
   const std::string& last_error() const { return last_error_; }
   // How many distinct (shape, layout, epilogue, strides, alignment) plans are cached.
-  size_t cached_plans() const { return plans_.size(); }
 
  private:
   // Everything that decides the descriptors and the algorithm. Alignments (bytes, a power of two

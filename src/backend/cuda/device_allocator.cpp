@@ -64,7 +64,6 @@ void* DeviceAllocator::allocate(size_t bytes, const char* what) {
   if (it != cached_.end() && it->first <= size + size / 4) {
     ptr = it->second;
     got = it->first;
-    bytes_cached_ -= got;
     cached_.erase(it);
   }
   if (!ptr) ptr = device_alloc(size);
@@ -85,7 +84,6 @@ void* DeviceAllocator::allocate(size_t bytes, const char* what) {
   }
   in_use_[ptr] = got;
   bytes_in_use_ += got;
-  peak_ = std::max(peak_, bytes_in_use_);
   return ptr;
 }
 
@@ -99,31 +97,11 @@ void DeviceAllocator::release(void* ptr) {
   in_use_.erase(it);
   bytes_in_use_ -= size;
   cached_.emplace(size, ptr);
-  bytes_cached_ += size;
-}
-
-void DeviceAllocator::empty_cache() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  empty_cache_locked();
 }
 
 void DeviceAllocator::empty_cache_locked() {
   for (auto& [size, ptr] : cached_) (void)cudaFree(ptr);
   cached_.clear();
-  bytes_cached_ = 0;
-}
-
-size_t DeviceAllocator::bytes_in_use() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return bytes_in_use_;
-}
-size_t DeviceAllocator::bytes_cached() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return bytes_cached_;
-}
-size_t DeviceAllocator::peak_bytes() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return peak_;
 }
 
 }  // namespace nuri::cuda

@@ -28,11 +28,6 @@ class DeviceAllocator {
 
   void* allocate(size_t bytes, const char* what);  // not zeroed; nullptr for 0 bytes
   void release(void* ptr);                         // back to the cache; nullptr is ignored
-  void empty_cache();                              // cudaFree every cached block
-
-  size_t bytes_in_use() const;
-  size_t bytes_cached() const;
-  size_t peak_bytes() const;
 
   static size_t round_size(size_t bytes);  // the size class of a request
 
@@ -41,10 +36,10 @@ class DeviceAllocator {
   void empty_cache_locked();
 
   bool managed_;
-  mutable std::mutex mutex_;
+  std::mutex mutex_;
   std::multimap<size_t, void*> cached_;         // size class -> free block
   std::unordered_map<void*, size_t> in_use_;    // live block -> its size class
-  size_t bytes_in_use_ = 0, bytes_cached_ = 0, peak_ = 0;
+  size_t bytes_in_use_ = 0;  // for the out-of-memory message
 };
 
 }  // namespace nuri::cuda

@@ -64,10 +64,7 @@ cudaError_t GemmDispatch::run(bool trans_a, bool trans_b, int M, int N, int K, f
     if (refused_.count(refused_key) == 0) {
       const cudaError_t e = cublaslt_.run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,
                                           epilogue, pre_gelu, stream_);
-      if (e == cudaSuccess) {
-        ++counts_.cublaslt;
-        return e;
-      }
+      if (e == cudaSuccess) return e;
       // Refused (or failed before enqueuing anything): our kernel does this call. A refusal is
       // remembered so the next call with this shape goes to our kernel directly.
       if (e == cudaErrorNotSupported) refused_.insert(refused_key);
@@ -75,12 +72,8 @@ cudaError_t GemmDispatch::run(bool trans_a, bool trans_b, int M, int N, int K, f
         NURI_WARN("gemm: cuBLASLt cannot run this product, using our kernel for it"
                   << (e == cudaErrorNotSupported ? " from now on" : " this time") << ": "
                   << cublaslt_.last_error());
-      ++counts_.fallbacks;
-    } else {
-      ++counts_.fallbacks;
     }
   }
-  ++counts_.ours;
   return gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, epilogue, pre_gelu,
                    stream_);
 }

@@ -47,15 +47,6 @@ class GemmDispatch {
   // from 'NVIDIA H100 ..., 2026-11-24'), shapes not in it: cuBLASLt".
   std::string describe() const;
 
-  // Calls per implementation since construction (for benchmarks and the run report).
-  struct Counts {
-    int64_t ours = 0;       // calls that ran on our kernel (fallbacks included)
-    int64_t cublaslt = 0;   // calls that ran on cuBLASLt
-    int64_t fallbacks = 0;  // calls where cuBLASLt refused and our kernel ran instead
-  };
-  const Counts& counts() const { return counts_; }
-  Mode mode() const { return mode_; }
-  cudaStream_t stream() const { return stream_; }
 
  private:
   // A call's shape and what decides whether cuBLASLt can do it (strides, null bias / pre_gelu).
@@ -76,7 +67,6 @@ class GemmDispatch {
   CublasLtGemm cublaslt_;
   std::set<RefusedKey> refused_;  // cuBLASLt said NotSupported: our kernel directly, no more logs
   std::set<GemmShapeKey> logged_;  // shapes whose fallback was already logged
-  Counts counts_;
 };
 
 // "auto" / "ours" / "cublaslt".
