@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "nuri/export.hpp"
 
@@ -24,6 +25,16 @@ namespace nuri {
 // max(16, min(N, kLmHeadChunkFloats / V))): 128 MB in fp32. Larger chunks make the LM-head GEMMs
 // faster (at V = 50257, 667-row chunks ran the gpt2-124m step 4-5% faster than 166-row ones).
 inline constexpr size_t kLmHeadChunkFloats = size_t(32) << 20;
+
+// One tensor (or part of one) of a fused AdamW update (Backend::adamw_update_segments).
+struct AdamwSegment {
+  size_t param_offset;   // into the parameter and gradient buffers
+  size_t moment_offset;  // into the moment buffers
+  size_t count;          // elements
+  bool decay;            // weight decay applies (matrices and embeddings; not norms or biases)
+  // Equal when every field is (the cuda backend keeps one chunk table per segment list).
+  bool operator==(const AdamwSegment&) const = default;
+};
 
 // A compute device: allocates fp32 buffers and runs the ops below on them. Made by make_backend.
 class Backend {
@@ -164,6 +175,28 @@ class Backend {
   virtual void adamw_update(float* param, const float* grad, float* m, float* v, size_t n,
                             float lr, float beta1, float beta2, float eps, float weight_decay,
                             int step, float grad_scale) = 0;
+  // The same update over many tensors at once: segment s updates params[param_offset, +count)
+  // from grads at the same offsets, with moments m, v at [moment_offset, +count), and decays by
+  // weight_decay only where s.decay. Segments must not overlap. The default calls adamw_update
+  // once per segment; the cuda backend runs all segments in one launch (fused AdamW).
+  virtual void adamw_update_segments(float* params, const float* grads, float* m, float* v,
+                                     const std::vector<AdamwSegment>& segments, float lr,
+                                     float beta1, float beta2, float eps, float weight_decay,
+                                     int step, float grad_scale) {
+    for (const AdamwSegment& s : segments)
+      adamw_update(params + s.param_offset, grads + s.param_offset, m + s.moment_offset,
+                   v + s.moment_offset, s.count, lr, beta1, beta2, eps,
+                   s.decay ? weight_decay : 0.0f, step, grad_scale);
+  }
+
+  // ---- ordering ----
+  // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may
+  // read or write an op's buffers directly, or hand them to MPI, only after synchronize(), which
+  // waits for every op issued so far and reports a fault in any of them. Ops that return a value
+  // to the host (sum_squares, lm_head_cross_entropy), alloc(), and copy() to or from host memory
+  // wait for their own work (and everything before it).
+  // On the CPU backend every op is complete when it returns and this does nothing.
+  virtual void synchronize() {}
 };
 
 // Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the

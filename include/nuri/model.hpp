@@ -189,6 +189,9 @@ using GradReadyHook = std::function<void(size_t offset, size_t count)>;
 // (examples/installed/custom_decoder.cpp), which then trains with nuri's engine. The contracts
 // are Model's (below): forward_backward accumulates grad_scale * d(mean loss)/d(params) and, when
 // a hook is set, reports every range of grad_ready_order() once, in order, as it becomes final.
+// On an asynchronous backend (cuda) the buffers are in memory when a call returns; inside the hook
+// "final" means final in the backend's queue: call Backend::synchronize() before the host reads
+// the range or hands it to MPI (DataParallel does, once per bucket it starts).
 class Trainable {
  public:
   virtual ~Trainable() = default;

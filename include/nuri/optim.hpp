@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "nuri/backend.hpp"
 #include "nuri/config.hpp"
 #include "nuri/model.hpp"
 
@@ -54,16 +55,13 @@ class AdamW {
   void set_step_count(int s) { step_ = s; }  // for a resumed optimizer (checkpoint.hpp)
 
  private:
-  // One update call: a tensor, or the part of a tensor inside an owned range.
-  struct Piece {
-    size_t param_offset, moment_offset, count;
-    bool decay;
-  };
   OptimConfig cfg_;
   Trainable& model_;
   Backend& backend_;
   std::vector<ParamRange> owned_;
-  std::vector<Piece> pieces_;
+  // One segment per tensor, or per part of a tensor inside an owned range; all of them go to
+  // the backend in one fused call.
+  std::vector<AdamwSegment> segments_;
   size_t moment_floats_ = 0;
   float* m_ = nullptr;
   float* v_ = nullptr;

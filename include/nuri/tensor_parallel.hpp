@@ -81,6 +81,8 @@ void load_full_parameters(Model& model, const float* full, size_t count);
 
 // ---------------------------------------------------------------------------------------------
 // Conjugate primitives. Each is a forward/backward pair; data are `count` floats on every rank.
+// The collectives read and write the data from the host: with an asynchronous backend (cuda),
+// call Backend::synchronize() after the ops that wrote them (the layers below do).
 // ---------------------------------------------------------------------------------------------
 
 // copy_to_tp_region, forward: the identity (the input is already replicated over the TP group).

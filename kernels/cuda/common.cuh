@@ -18,12 +18,10 @@
 // backend) into nuri::cuda_emu instead, so a test binary can hold them beside libnuri's real ones
 // (compiled by nvcc into nuri::cuda) without two definitions of one symbol.
 #define cuda cuda_emu
-// kernel<<<grid, block, shared_bytes, stream>>>(args...), run on the host; records the kernel.
-#define NURI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                    \
-  do {                                                                                \
-    (void)(stream);                                                                   \
-    emu::launch_named(#kernel, kernel, grid, block, shared_bytes, __VA_ARGS__);       \
-  } while (0)
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), run on the host (at once on the null
+// stream, queued on a created one: emu/runtime.hpp); records the kernel.
+#define NURI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  emu::launch_on((stream), #kernel, kernel, grid, block, shared_bytes, __VA_ARGS__)
 #define NURI_NVTX_RANGE(name) (void)(name)
 // The launch's dynamic shared memory as `type* name` (emulated: a per-block buffer).
 #define NURI_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(emu::dynamic_shared())

@@ -43,6 +43,38 @@ struct BlockActs {
   float *ln1, *mean1, *rstd1, *qkv, *att, *lse, *mid, *ln2, *mean2, *rstd2, *fc, *act;
 };
 
+// The model's collectives run on backend memory that MPI reads and writes from the host, so each
+// one first waits for the backend's queued work (Backend::synchronize; nothing on the CPU).
+class SynchronizedTensorParallelOps final : public TensorParallelOps {
+ public:
+  SynchronizedTensorParallelOps(std::shared_ptr<TensorParallelOps> ops, Backend& backend)
+      : ops_(std::move(ops)), backend_(backend) {}
+  int size() const override { return ops_->size(); }
+  int rank() const override { return ops_->rank(); }
+  void all_reduce_sum(float* x, size_t count) override {
+    backend_.synchronize();
+    ops_->all_reduce_sum(x, count);
+  }
+  void all_reduce_max(float* x, size_t count) override {
+    backend_.synchronize();
+    ops_->all_reduce_max(x, count);
+  }
+  void all_gather(float* full, const float* part, size_t count) override {
+    backend_.synchronize();
+    ops_->all_gather(full, part, count);
+  }
+  void reduce_scatter(float* part, const float* full, size_t count) override {
+    backend_.synchronize();
+    ops_->reduce_scatter(part, full, count);
+  }
+  Stats stats() const override { return ops_->stats(); }
+  void reset_stats() override { ops_->reset_stats(); }
+
+ private:
+  std::shared_ptr<TensorParallelOps> ops_;
+  Backend& backend_;
+};
+
 }  // namespace
 
 struct Model::Impl {
@@ -257,7 +289,7 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
   cfg_.validate();
   impl_->backend = &backend;
   if (tp.ops && tp.ops->size() > 1) {
-    tp_ = std::move(tp.ops);
+    tp_ = std::make_shared<SynchronizedTensorParallelOps>(std::move(tp.ops), backend);
     tp_size_ = tp_->size();
     tp_rank_ = tp_->rank();
     sequence_parallel_ = tp.sequence_parallel;
@@ -339,7 +371,10 @@ const ParamTensor& Model::tensor(const std::string& name) const {
                                       << cfg_.family << " model");
 }
 
-void Model::zero_grads() { backend_.zero(grads_, num_params_); }
+void Model::zero_grads() {
+  backend_.zero(grads_, num_params_);
+  backend_.synchronize();
+}
 
 void Model::init_weights(uint64_t seed) {
   // Host-side init; the CPU backend's memory is host memory. (A device backend copies.)
@@ -444,6 +479,7 @@ struct Region {
 };
 
 void partial_begin(Model::Impl& m, std::vector<Region>& regions) {
+  m.backend->synchronize();  // the host reads and zeroes the regions
   m.snapshot.clear();
   for (const Region& r : regions) {
     m.snapshot.insert(m.snapshot.end(), r.g, r.g + r.n);
@@ -452,6 +488,7 @@ void partial_begin(Model::Impl& m, std::vector<Region>& regions) {
 }
 
 void partial_end(Model::Impl& m, const std::vector<Region>& regions, int slot, int slots) {
+  m.backend->synchronize();  // the host reads the regions
   const size_t total = m.snapshot.size();
   m.slots.assign(total * size_t(slots), 0.0f);
   float* mine = m.slots.data() + total * size_t(slot);
@@ -601,6 +638,7 @@ double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* d
     const float* x = m.lnf + size_t(n0) * d.C;
     be.gemm(false, true, rows, d.V, d.C, 1.0f, x, d.C, w, d.C, 0.0f, logits, d.V);
     be.cross_entropy_partial(mx, sum, tl, logits, targets + n0, rows, d.V, m.vocab_start);
+    be.synchronize();  // the host reads the row statistics
     std::copy_n(mx, rows, gmax);
     m.tp->all_reduce_max(gmax, size_t(rows));
     for (int i = 0; i < rows; ++i) {
@@ -757,6 +795,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
   if (valid == 0) {
     while (next_ready < grad_ready_order_.size()) grads_ready();
+    backend_.synchronize();
     return 0.0f;
   }
   // Loss head: LM head + cross-entropy writes dL/d(lnf) into dln and accumulates dW_head.
@@ -774,6 +813,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   }
   embed_backward(m, backend_, d, grads_, tokens);
   grads_ready();  // embeddings (and the tied LM head)
+  backend_.synchronize();  // the gradients are complete when this returns
   return float(loss_sum / double(valid));
 }
 
@@ -784,8 +824,12 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
   forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
-  if (valid == 0) return 0.0f;
+  if (valid == 0) {
+    backend_.synchronize();
+    return 0.0f;
+  }
   const double loss_sum = head_loss(m, backend_, d, nullptr, nullptr, params_ + m.head, targets, 1.0f);
+  backend_.synchronize();
   return float(loss_sum / double(valid));
 }
 
@@ -816,6 +860,7 @@ void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
     m.tp->all_reduce_sum(out, all);
   }
   if (out != logits) backend_.copy(logits, out, all);
+  backend_.synchronize();
 }
 
 }  // namespace nuri

@@ -1,6 +1,6 @@
-// AdamW over the model's flat parameter buffer (or owned ranges of it, for ZeRO-1): one backend
-// call per parameter tensor (or per piece of a tensor inside an owned range), with weight decay
-// only where the tensor asks for it (matrices and embeddings, not norms or biases).
+// AdamW over the model's flat parameter buffer (or owned ranges of it, for ZeRO-1): one fused
+// backend call over every parameter tensor (or piece of a tensor inside an owned range), with
+// weight decay only where the tensor asks for it (matrices and embeddings, not norms or biases).
 #include <algorithm>
 #include <cmath>
 
@@ -28,14 +28,14 @@ AdamW::AdamW(const OptimConfig& cfg, Trainable& model, Backend& backend, std::ve
     NURI_CHECK(i == 0 || sorted[i - 1].offset + sorted[i - 1].count <= sorted[i].offset, internal, "AdamW",
                "owned ranges overlap at offset " << sorted[i].offset);
   }
-  // Pieces: each owned range cut at tensor boundaries (tensors are sorted by offset and tile the
-  // buffer). Unsharded, this is exactly one piece per tensor.
+  // Segments: each owned range cut at tensor boundaries (tensors are sorted by offset and tile the
+  // buffer). Unsharded, this is exactly one segment per tensor.
   for (const ParamRange& r : owned_) {
     const size_t end = r.offset + r.count;
     for (const ParamTensor& t : model.tensors()) {
       const size_t lo = std::max(r.offset, t.offset), hi = std::min(end, t.offset + t.numel);
       if (lo >= hi) continue;
-      pieces_.push_back({lo, moment_floats_ + (lo - r.offset), hi - lo, t.weight_decay});
+      segments_.push_back({lo, moment_floats_ + (lo - r.offset), hi - lo, t.weight_decay});
     }
     moment_floats_ += r.count;
   }
@@ -60,12 +60,10 @@ void AdamW::step(double lr, double norm) {
   ++step_;
   float grad_scale = 1.0f;
   if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) grad_scale = float(cfg_.grad_clip / norm);
-  for (const Piece& p : pieces_) {
-    backend_.adamw_update(model_.params() + p.param_offset, model_.grads() + p.param_offset,
-                          m_ + p.moment_offset, v_ + p.moment_offset, p.count, float(lr),
-                          float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
-                          p.decay ? float(cfg_.weight_decay) : 0.0f, step_, grad_scale);
-  }
+  backend_.adamw_update_segments(model_.params(), model_.grads(), m_, v_, segments_, float(lr),
+                                 float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps),
+                                 float(cfg_.weight_decay), step_, grad_scale);
+  backend_.synchronize();  // the parameters are updated in memory when this returns
 }
 
 }  // namespace nuri

@@ -204,6 +204,7 @@ void DataParallel::start_bucket(size_t b, bool in_backward) {
              "bucket " << b << " started out of order (expected " << next_bucket_ << ")");
   const GradBucket& k = buckets_[b];
   float* g = model_.grads() + k.offset;
+  backend_.synchronize();  // the backward's queued kernels must have written the bucket (cuda)
   const Clock::time_point now = Clock::now();
   CommHandle h = zero1_ ? grad_comm_->reduce_scatter_async(g, g + k.owned.offset, k.count, ReduceOp::avg)
                         : grad_comm_->all_reduce_async(g, k.count, ReduceOp::avg);

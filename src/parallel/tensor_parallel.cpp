@@ -203,6 +203,7 @@ ColumnParallelLinear::~ColumnParallelLinear() {
 void ColumnParallelLinear::zero_grads() {
   backend_.zero(dweight_, range_.count * size_t(in_));
   if (dbias_) backend_.zero(dbias_, range_.count);
+  backend_.synchronize();
 }
 
 void ColumnParallelLinear::load_full(const float* full_weight, const float* full_bias) {
@@ -217,6 +218,7 @@ void ColumnParallelLinear::forward(float* out, const float* inp, int N) {
   check_buffer(out, size_t(N) * range_.count, op, "the output");
   if (N == 0 || range_.count == 0) return;
   backend_.linear_forward(out, x, weight_, bias_, N, in_, int(range_.count), false);
+  backend_.synchronize();  // the output is complete when this returns, as on the CPU
 }
 
 void ColumnParallelLinear::backward(float* dinp, const float* dout, const float* inp, int N) {
@@ -232,6 +234,7 @@ void ColumnParallelLinear::backward(float* dinp, const float* dout, const float*
   } else if (dinp) {
     backend_.zero(dinp, size_t(N) * size_t(in_));  // an empty shard contributes nothing
   }
+  backend_.synchronize();  // before MPI reads dinp; the gradients are complete on return
   if (dinp) copy_to_tp_region_backward(tp_, dinp, size_t(N) * size_t(in_));
 }
 
@@ -261,6 +264,7 @@ RowParallelLinear::~RowParallelLinear() {
 void RowParallelLinear::zero_grads() {
   backend_.zero(dweight_, size_t(out_) * range_.count);
   if (dbias_) backend_.zero(dbias_, size_t(out_));
+  backend_.synchronize();
 }
 
 void RowParallelLinear::load_full(const float* full_weight, const float* full_bias) {
@@ -269,6 +273,7 @@ void RowParallelLinear::load_full(const float* full_weight, const float* full_bi
     check_buffer(full_bias, size_t(out_), "RowParallelLinear::load_full", "the full bias");
     backend_.copy(bias_, full_bias, size_t(out_));
   }
+  backend_.synchronize();  // full_bias may be a backend buffer the caller reuses next
 }
 
 void RowParallelLinear::forward(float* out, const float* inp_r, int N) {
@@ -282,12 +287,14 @@ void RowParallelLinear::forward(float* out, const float* inp_r, int N) {
     backend_.linear_forward(out, inp_r, weight_, nullptr, N, int(range_.count), out_, false);
   else if (n_out)
     backend_.zero(out, n_out);
+  backend_.synchronize();  // before MPI reads the partial products
   reduce_from_tp_region_forward(tp_, out, n_out);
   if (bias_)
     for (int i = 0; i < N; ++i) {
       float* row = out + size_t(i) * size_t(out_);
       backend_.add(row, row, bias_, size_t(out_));
     }
+  backend_.synchronize();
 }
 
 void RowParallelLinear::backward(float* dinp_r, const float* dout, const float* inp_r, int N) {
@@ -303,6 +310,7 @@ void RowParallelLinear::backward(float* dinp_r, const float* dout, const float* 
     // No weight columns here, but the replicated bias still gets its gradient: colsum(dout).
     for (int i = 0; i < N; ++i) backend_.add(dbias_, dbias_, g + size_t(i) * size_t(out_), size_t(out_));
   }
+  backend_.synchronize();
 }
 
 }  // namespace nuri

@@ -373,6 +373,53 @@ TEST_CASE("adamw update", "[adamw]") {
                          0, 1.0f, kStream) == cudaErrorInvalidValue);
 }
 
+TEST_CASE("adamw fused over segments", "[adamw]") {
+  // Five tensors of awkward sizes, laid out as a model's flat buffer, with decay on some; the
+  // moments of a ZeRO-1-like owned part start at 0 while the parameters start at an offset.
+  struct Seg {
+    size_t offset, count;
+    bool decay;
+  };
+  const std::vector<Seg> segs = {{3, 1, false}, {4, 100, true}, {104, 7, false}, {111, 64, true}, {175, 33, true}};
+  const size_t n = 208, moment_base = 3;
+  for (size_t max_chunk : {size_t(1), size_t(7), size_t(32), cu::kAdamwChunkElements}) {
+    INFO("max_chunk = " << max_chunk);
+    std::vector<cu::AdamwChunk> chunks;
+    for (const Seg& s : segs) cu::append_adamw_chunks(chunks, s.offset, s.offset - moment_base, s.count, s.decay, max_chunk);
+    size_t covered = 0;
+    for (const cu::AdamwChunk& c : chunks) {
+      REQUIRE(c.count >= 1);
+      REQUIRE(c.count <= max_chunk);
+      covered += c.count;
+    }
+    REQUIRE(covered == n - moment_base);
+    Vec p = random_vec(n, 1), m = random_vec(n - moment_base, 2, -0.1f, 0.1f);
+    Vec v = random_vec(n - moment_base, 3, 0.0f, 0.01f);
+    const Vec g = random_vec(n, 4);
+    Vec p_w = p, m_w = m, v_w = v;
+    for (int step = 1; step <= 3; ++step) {
+      REQUIRE(cu::adamw_update_chunks(p.data(), g.data(), m.data(), v.data(), chunks.data(), int(chunks.size()), 3e-3f,
+                                      0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f, kStream) == cudaSuccess);
+      for (const Seg& s : segs)
+        cpu().adamw_update(p_w.data() + s.offset, g.data() + s.offset, m_w.data() + s.offset - moment_base,
+                           v_w.data() + s.offset - moment_base, s.count, 3e-3f, 0.9f, 0.95f, 1e-8f,
+                           s.decay ? 0.1f : 0.0f, step, 0.5f);
+    }
+    check_close("fused adamw param", p, p_w);
+    check_close("fused adamw m", m, m_w);
+    check_close("fused adamw v", v, v_w);
+    for (size_t i = 0; i < moment_base; ++i) REQUIRE(p[i] == random_vec(n, 1)[i]);  // outside every segment
+  }
+  const cu::AdamwChunk one{0, 0, 1, 0};
+  float x = 1.0f;
+  CHECK(cu::adamw_update_chunks(&x, &x, &x, &x, &one, 1, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 0, 1.0f, kStream) ==
+        cudaErrorInvalidValue);
+  CHECK(cu::adamw_update_chunks(&x, &x, &x, &x, nullptr, 1, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1, 1.0f, kStream) ==
+        cudaErrorInvalidValue);
+  CHECK(cu::adamw_update_chunks(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1,
+                                1.0f, kStream) == cudaSuccess);
+}
+
 namespace {
 // Round to nearest even by the arithmetic definition (not bit tricks), for finite values.
 float reference_bf16(float f) {

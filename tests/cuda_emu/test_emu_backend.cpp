@@ -5,6 +5,7 @@
 // values already, so the cast is exact and only the fp32 accumulation order differs.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -43,7 +44,10 @@ struct Buf {
   ~Buf() { be.free(p); }
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
-  Vec get() const { return Vec(p, p + n); }
+  Vec get() const {  // waits for the backend's queued work first (Backend::synchronize)
+    be.synchronize();
+    return Vec(p, p + n);
+  }
 };
 
 // |got - want| <= rtol * scale + atol elementwise, with scale the largest |want| (for sums whose
@@ -55,6 +59,64 @@ void check_close_scaled(const std::string& what, const Vec& got, const Vec& want
 }
 
 }  // namespace
+
+TEST_CASE("emulated cuda backend: ops are queued until synchronize(), or wait each with NURI_CUDA_SYNC=1",
+          "[backend]") {
+  // The emulated stream runs queued work only when the host waits (emu/runtime.hpp), as a GPU may
+  // appear to: a host read before synchronize() sees the old values. That is what makes the other
+  // cases here, and the tiny-model training below, check the backend's and the model's waits.
+  nuri::Backend& g = gpu();
+  const Vec v = random_vec(100, 5);
+  Buf x(g, v);
+  g.scale(x.p, 2.0f, x.n);
+  g.add(x.p, x.p, x.p, x.n);
+  CHECK(x.p[7] == v[7]);  // still queued
+  g.synchronize();
+  CHECK(x.p[7] == 4.0f * v[7]);
+  // sum_squares returns a value: it waits for its own work and everything before it.
+  g.scale(x.p, 0.5f, x.n);
+  double want = 0.0;
+  for (float e : v) want += 4.0 * double(e) * double(e);
+  CHECK(g.sum_squares(x.p, x.n) == Approx(want).epsilon(1e-6));
+  CHECK(x.p[7] == 2.0f * v[7]);
+
+  ::setenv("NURI_CUDA_SYNC", "1", 1);
+  std::unique_ptr<nuri::Backend> each = nuri::cuda::make_cuda_backend();
+  ::unsetenv("NURI_CUDA_SYNC");
+  CHECK(each->describe().find("NURI_CUDA_SYNC=1") != std::string::npos);
+  Buf y(*each, v);
+  each->scale(y.p, 3.0f, y.n);
+  CHECK(y.p[7] == 3.0f * v[7]);  // done when the op returned
+
+  ::setenv("NURI_CUDA_SYNC", "yes", 1);
+  CHECK_THROWS_WITH(nuri::cuda::make_cuda_backend(), Catch::Contains("NURI_CUDA_SYNC"));
+  ::unsetenv("NURI_CUDA_SYNC");
+}
+
+TEST_CASE("emulated cuda backend: fused AdamW over segments against the CPU", "[backend][adamw]") {
+  nuri::Backend& g = gpu();
+  const std::vector<nuri::AdamwSegment> segs = {{0, 0, 33, true}, {33, 33, 1, false}, {40, 34, 70000, true}};
+  const size_t n = 70040, moments = 70034;
+  const Vec p0 = random_vec(n, 11), gr = random_vec(n, 12);
+  Buf p(g, p0), grad(g, gr), m(g, moments), v(g, moments);
+  Vec pc = p0, mc(moments, 0.0f), vc(moments, 0.0f);
+  for (int step = 1; step <= 2; ++step) {
+    // The second step passes an equal list again (the cached chunk table), then a changed one.
+    g.adamw_update_segments(p.p, grad.p, m.p, v.p, segs, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f);
+    cpu().adamw_update_segments(pc.data(), gr.data(), mc.data(), vc.data(), segs, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                step, 0.5f);
+  }
+  std::vector<nuri::AdamwSegment> fewer(segs.begin(), segs.begin() + 2);
+  g.adamw_update_segments(p.p, grad.p, m.p, v.p, fewer, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, 0.5f);
+  cpu().adamw_update_segments(pc.data(), gr.data(), mc.data(), vc.data(), fewer, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 3,
+                              0.5f);
+  check_close("fused adamw params", p.get(), pc);
+  check_close("fused adamw m", m.get(), mc);
+  check_close("fused adamw v", v.get(), vc);
+  for (size_t i = 33 + 1; i < 40; ++i) CHECK(p.p[i] == p0[i]);  // between segments: untouched
+  CHECK_THROWS_AS(g.adamw_update_segments(p.p, grad.p, m.p, v.p, segs, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0, 1.0f),
+                  nuri::Error);
+}
 
 TEST_CASE("emulated cuda backend: memory, dense algebra, loss against the CPU", "[backend]") {
   nuri::Backend& g = gpu();
@@ -71,6 +133,7 @@ TEST_CASE("emulated cuda backend: memory, dense algebra, loss against the CPU", 
     g.copy(a.p, b.p, 1000);
     check_equal("copy", a.get(), v);
     g.zero(a.p + 10, 20);
+    g.synchronize();
     CHECK(a.p[9] == v[9]);
     CHECK(a.p[10] == 0.0f);
     CHECK(a.p[29] == 0.0f);
@@ -277,4 +340,44 @@ TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (
     CHECK(want.back() < want.front() - 0.1);
     CHECK(got.back() < got.front() - 0.1);
   }
+}
+
+TEST_CASE("a training step through the cuda backend waits a handful of times, not once per op",
+          "[backend][train]") {
+  // Counted by the emulated runtime: host waits (event, stream and device synchronizations) and
+  // kernel launches during one whole step (zero, forward and backward, grad norm, AdamW) of the
+  // second step (the first builds the AdamW chunk table and the scratch buffers); then the same
+  // with NURI_CUDA_SYNC=1, where every op waits.
+  nuri::ModelConfig cfg = tiny("llama");
+  cfg.n_layer = 2;  // the waits must not grow with the layers
+  const int B = 1, T = 16;
+  std::vector<int32_t> x(size_t(B * T)), y(size_t(B * T));
+  for (int i = 0; i < B * T; ++i) x[size_t(i)] = int32_t(i % 61), y[size_t(i)] = int32_t((i * 7 + 3) % 61);
+  auto count_step = [&](nuri::Backend& be, uint64_t& waits, uint64_t& launches) {
+    nuri::Model m(cfg, be);
+    m.init_weights(1);
+    nuri::OptimConfig o;
+    nuri::AdamW opt(o, m, be);
+    for (int s = 0; s < 2; ++s) {
+      const uint64_t w0 = emu::host_waits(), l0 = emu::kernel_launches();
+      m.zero_grads();
+      (void)m.forward_backward(x.data(), y.data(), B, T);
+      opt.step(1e-3, opt.grad_norm());
+      waits = emu::host_waits() - w0;
+      launches = emu::kernel_launches() - l0;
+    }
+  };
+  uint64_t waits = 0, launches = 0, waits_each = 0, launches_each = 0;
+  count_step(gpu(), waits, launches);
+  ::setenv("NURI_CUDA_SYNC", "1", 1);
+  std::unique_ptr<nuri::Backend> each = nuri::cuda::make_cuda_backend();
+  ::unsetenv("NURI_CUDA_SYNC");
+  count_step(*each, waits_each, launches_each);
+  INFO("one llama step (2 layers): " << launches << " kernel launches, " << waits << " host waits; with NURI_CUDA_SYNC=1 "
+                                     << waits_each << " host waits");
+  // zero_grads, the loss, the end of the backward, the gradient norm, AdamW: 5.
+  CHECK(waits <= 5);
+  CHECK(launches >= 80);
+  CHECK(launches_each == launches);
+  CHECK(waits_each >= 10 * waits);
 }

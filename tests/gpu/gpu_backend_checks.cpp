@@ -46,7 +46,10 @@ struct Buf {
   ~Buf() { be.free(p); }
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
-  Vec get() const { return Vec(p, p + n); }
+  Vec get() const {  // the backend's ops are asynchronous: wait before the host reads
+    be.synchronize();
+    return Vec(p, p + n);
+  }
 };
 
 int failures = 0;

@@ -32,7 +32,8 @@
 //                            x[0, num_elements) work as on a GPU, but code that assumes which
 //                            elements a lane holds does not (CUDA leaves that unspecified too).
 //                            The pointer (32-byte) and ldm (16 bytes) alignment rules are checked.
-// Not emulated: streams (launches are synchronous), cooperative groups, inline PTX, texture memory, shuffles with partial masks, races (a missing __syncthreads may
+// Streams: see runtime.hpp (a launch on the null stream runs at once; on a created stream it is
+// queued until the host synchronizes). Not emulated: cooperative groups, inline PTX, texture memory, shuffles with partial masks, races (a missing __syncthreads may
 // pass here by luck). A barrier that waits more than 60 s (a divergent __syncthreads or shuffle)
 // aborts with the barrier's name instead of hanging.
 #include <algorithm>
@@ -248,16 +249,19 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   run(std::forward<Args>(args)...);
 }
 
+// Adds a kernel's name (without template arguments) to launched_kernels().
+inline void record_launch(const char* name) {
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  std::string base(name);
+  base = base.substr(0, base.find('<'));  // a template's name without its arguments
+  while (!base.empty() && base.back() == ' ') base.pop_back();
+  launched_kernels().insert(base);
+}
+
 template <typename... Params, typename... Args>
 void launch_named(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                   size_t shared_bytes, Args&&... args) {
-  {
-    std::lock_guard<std::mutex> lock(launch_mutex());
-    std::string base(name);
-    base = base.substr(0, base.find('<'));  // a template's name without its arguments
-    while (!base.empty() && base.back() == ' ') base.pop_back();
-    launched_kernels().insert(base);
-  }
+  record_launch(name);
   launch(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
 }
 

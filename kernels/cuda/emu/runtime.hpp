@@ -4,12 +4,25 @@
 // tiny model through it). Included after emu.hpp, in NURI_CUDA_EMU builds only.
 //
 // One emulated device ("emulated CUDA device", sm_90). Memory is host memory (aligned to 256 bytes
-// like cudaMalloc); copies and memsets happen at once; streams and events exist as handles only,
-// since every emulated launch is synchronous (emu.hpp). Errors are reported like the real API
-// (cudaErrorInvalidValue for a null pointer or an unknown handle, cudaErrorMemoryAllocation).
+// like cudaMalloc). Errors are reported like the real API (cudaErrorInvalidValue for a null
+// pointer or an unknown handle, cudaErrorMemoryAllocation).
+//
+// Streams are lazy, to make a missing synchronisation visible on the CPU: work issued on a created
+// stream (kernels through NURI_LAUNCH, cudaMemcpyAsync, cudaMemsetAsync) is queued and runs only
+// when the host waits for it (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize,
+// cudaFree, cudaStreamDestroy). A host that reads a result without waiting sees the old values,
+// as a GPU may show it. Work on the null stream runs at once (the kernel tests use it). Copies
+// follow the real API's rules for pageable host memory (anything cudaMalloc did not return): from
+// it, the source is read when the copy is issued; into it, the copy waits for the stream first.
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
 #include <new>
+#include <tuple>
 
 #include "emu.hpp"
 
@@ -25,13 +38,96 @@ inline constexpr unsigned cudaStreamNonBlocking = 1u;
 inline constexpr unsigned cudaEventDisableTiming = 2u;
 inline constexpr unsigned cudaMemAttachGlobal = 1u;
 
+struct CUstream_st {
+  std::mutex mutex;
+  std::deque<std::function<void()>> queued;  // issued, not yet run, in issue order
+};
 struct CUevent_st {
-  int recorded = 0;
+  cudaStream_t stream = nullptr;  // where it was last recorded
 };
 using cudaEvent_t = CUevent_st*;
-struct CUstream_st {
-  int id = 0;
+
+namespace emu {
+
+// Runs the work queued on `stream`, in order.
+inline void drain(cudaStream_t stream) {
+  if (!stream) return;
+  for (;;) {
+    std::function<void()> work;
+    {
+      std::lock_guard<std::mutex> lock(stream->mutex);
+      if (stream->queued.empty()) return;
+      work = std::move(stream->queued.front());
+      stream->queued.pop_front();
+    }
+    work();
+  }
+}
+// Counters for tests that measure how often the host waits: host waits (stream, event and device
+// synchronizations) and kernels launched, since the process started.
+inline std::atomic<uint64_t>& host_waits() {
+  static std::atomic<uint64_t> n{0};
+  return n;
+}
+inline std::atomic<uint64_t>& kernel_launches() {
+  static std::atomic<uint64_t> n{0};
+  return n;
+}
+
+inline void enqueue(cudaStream_t stream, std::function<void()> work) {
+  std::lock_guard<std::mutex> lock(stream->mutex);
+  stream->queued.push_back(std::move(work));
+}
+
+// The created streams (for cudaDeviceSynchronize) and the blocks cudaMalloc returned (start ->
+// bytes), under one mutex.
+struct RuntimeState {
+  std::mutex mutex;
+  std::set<cudaStream_t> streams;
+  std::map<const char*, size_t> allocations;
 };
+inline RuntimeState& runtime_state() {
+  static RuntimeState state;
+  return state;
+}
+inline void drain_all() {
+  std::vector<cudaStream_t> streams;
+  {
+    std::lock_guard<std::mutex> lock(runtime_state().mutex);
+    streams.assign(runtime_state().streams.begin(), runtime_state().streams.end());
+  }
+  for (cudaStream_t s : streams) drain(s);
+}
+// True when p lies in a block from cudaMalloc/cudaMallocManaged ("device" memory); false for
+// pageable host memory.
+inline bool is_device_memory(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> lock(runtime_state().mutex);
+  auto& blocks = runtime_state().allocations;
+  auto it = blocks.upper_bound(c);
+  if (it == blocks.begin()) return false;
+  --it;
+  return c < it->first + it->second;
+}
+
+// NURI_LAUNCH: records the kernel, then runs it now (null stream) or queues it on `stream` with
+// its arguments converted to the kernel's parameter types (as a launch copies them).
+template <typename... Params, typename... Args>
+void launch_on(cudaStream_t stream, const char* name, void (*kernel)(Params...), dim3 grid,
+               dim3 block, size_t shared_bytes, Args&&... args) {
+  ++kernel_launches();
+  if (!stream) {
+    launch_named(name, kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
+    return;
+  }
+  record_launch(name);
+  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  enqueue(stream, [=]() {
+    std::apply([&](const auto&... p) { launch(kernel, grid, block, shared_bytes, p...); }, params);
+  });
+}
+
+}  // namespace emu
 
 struct cudaDeviceProp {
   char name[256];
@@ -57,7 +153,11 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::strcpy(prop->name, "emulated CUDA device");
   return cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+  ++emu::host_waits();
+  emu::drain_all();
+  return cudaSuccess;
+}
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrConcurrentManagedAccess = 89 };
 // An H100's values: 227 KiB of shared memory per block; concurrent managed access.
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
@@ -68,32 +168,59 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
 
 inline cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   if (!ptr) return cudaErrorInvalidValue;
-  *ptr = bytes ? std::aligned_alloc(256, (bytes + 255) / 256 * 256) : nullptr;
-  return bytes && !*ptr ? cudaErrorMemoryAllocation : cudaSuccess;
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  *ptr = bytes ? std::aligned_alloc(256, rounded) : nullptr;
+  if (bytes && !*ptr) return cudaErrorMemoryAllocation;
+  if (*ptr) {
+    std::lock_guard<std::mutex> lock(emu::runtime_state().mutex);
+    emu::runtime_state().allocations[static_cast<const char*>(*ptr)] = rounded;
+  }
+  return cudaSuccess;
 }
 inline cudaError_t cudaMallocManaged(void** ptr, size_t bytes, unsigned flags = cudaMemAttachGlobal) {
   (void)flags;
   return cudaMalloc(ptr, bytes);
 }
+// Waits for the device first, as the real one does.
 inline cudaError_t cudaFree(void* ptr) {
+  emu::drain_all();
+  if (ptr) {
+    std::lock_guard<std::mutex> lock(emu::runtime_state().mutex);
+    emu::runtime_state().allocations.erase(static_cast<const char*>(ptr));
+  }
   std::free(ptr);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                                    cudaStream_t stream = nullptr) {
   (void)kind;
-  (void)stream;
   if (bytes && (!dst || !src)) return cudaErrorInvalidValue;
-  if (bytes) std::memmove(dst, src, bytes);
+  if (!bytes) return cudaSuccess;
+  if (!stream) {
+    std::memmove(dst, src, bytes);
+  } else if (!emu::is_device_memory(dst)) {  // into pageable memory: returns when done
+    emu::drain(stream);
+    std::memmove(dst, src, bytes);
+  } else if (!emu::is_device_memory(src)) {  // from pageable memory: staged at the call
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                      static_cast<const char*>(src) + bytes);
+    emu::enqueue(stream, [=] { std::memcpy(dst, staged->data(), bytes); });
+  } else {
+    emu::enqueue(stream, [=] { std::memmove(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
+// The legacy default stream, which does not wait for non-blocking streams: copies at once.
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   return cudaMemcpyAsync(dst, src, bytes, kind);
 }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr) {
-  (void)stream;
   if (bytes && !dst) return cudaErrorInvalidValue;
-  if (bytes) std::memset(dst, value, bytes);
+  if (!bytes) return cudaSuccess;
+  if (stream)
+    emu::enqueue(stream, [=] { std::memset(dst, value, bytes); });
+  else
+    std::memset(dst, value, bytes);
   return cudaSuccess;
 }
 
@@ -101,13 +228,27 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flag
   (void)flags;
   if (!stream) return cudaErrorInvalidValue;
   *stream = new (std::nothrow) CUstream_st;
-  return *stream ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (!*stream) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lock(emu::runtime_state().mutex);
+  emu::runtime_state().streams.insert(*stream);
+  return cudaSuccess;
 }
+// The queued work still runs (as on a GPU), before the handle goes.
 inline cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (!stream) return cudaErrorInvalidValue;
+  emu::drain(stream);
+  {
+    std::lock_guard<std::mutex> lock(emu::runtime_state().mutex);
+    emu::runtime_state().streams.erase(stream);
+  }
   delete stream;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  ++emu::host_waits();
+  emu::drain(stream);
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
   (void)flags;
   if (!event) return cudaErrorInvalidValue;
@@ -119,18 +260,24 @@ inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr) {
-  (void)stream;
   if (!event) return cudaErrorInvalidValue;
-  ++event->recorded;
+  event->stream = stream;
   return cudaSuccess;
 }
+// Waits for everything queued on the event's stream (at least what preceded the record).
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return event ? cudaSuccess : cudaErrorInvalidValue;
+  if (!event) return cudaErrorInvalidValue;
+  ++emu::host_waits();
+  emu::drain(event->stream);
+  return cudaSuccess;
 }
+// One emulated device queue per stream and no concurrency between them: waiting on another
+// stream's event runs that stream's work now.
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0) {
-  (void)stream;
   (void)flags;
-  return event ? cudaSuccess : cudaErrorInvalidValue;
+  if (!event) return cudaErrorInvalidValue;
+  if (event->stream != stream) emu::drain(event->stream);
+  return cudaSuccess;
 }
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   if (!free_bytes || !total_bytes) return cudaErrorInvalidValue;

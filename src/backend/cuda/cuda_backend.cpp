@@ -79,6 +79,7 @@ class CudaBackend final : public Backend {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     attention_choice_ = env_choice("NURI_ATTENTION", {"auto", "ours", "fp32", "cudnn"});
+    sync_each_op_ = env_choice("NURI_CUDA_SYNC", {"0", "1"}) == "1";
 #if !defined(NURI_CUDA_EMU)
     gemm_ = std::make_unique<GemmDispatch>(stream_, std::string());
 #if defined(NURI_WITH_CUDNN)
@@ -96,6 +97,7 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
+    if (stream_) (void)cudaStreamSynchronize(stream_);  // queued work may use what is released below
     // The library handles first: they hold the stream.
 #if !defined(NURI_CUDA_EMU)
 #if defined(NURI_WITH_CUDNN)
@@ -104,10 +106,13 @@ class CudaBackend final : public Backend {
     gemm_.reset();
 #endif
     for (auto& [key, table] : rope_tables_) allocator_.release(table.data);
+    allocator_.release(adamw_chunks_);
     for (auto& s : scratch_) scratch_alloc_.release(s.ptr);
     if (done_) (void)cudaEventDestroy(done_);
     if (stream_) (void)cudaStreamDestroy(stream_);
   }
+
+  void synchronize() override { wait("synchronize"); }
 
   std::string name() const override { return "cuda"; }
   bool accepts_host_buffers() const override { return false; }
@@ -121,6 +126,7 @@ class CudaBackend final : public Backend {
     s << "; gemm: " << gemm_->describe();
 #endif
     s << "; attention: " << attention_choice_;
+    if (sync_each_op_) s << "; NURI_CUDA_SYNC=1: every op waits for its work";
     return s.str();
   }
 
@@ -129,7 +135,7 @@ class CudaBackend final : public Backend {
     auto* p = static_cast<float*>(allocator_.allocate(count * sizeof(float), "a backend buffer"));
     if (p) {
       check(cudaMemsetAsync(p, 0, count * sizeof(float), stream_), "cudaMemsetAsync");
-      finish("alloc");
+      wait("alloc");  // the host may write it next (and an earlier owner's work is done)
     }
     return p;
   }
@@ -140,7 +146,12 @@ class CudaBackend final : public Backend {
   }
   void copy(float* dst, const float* src, size_t count) override {
     if (count) check(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDefault, stream_), "copy");
-    finish("copy");
+    // Between backend buffers (the residual copies of every layer) the copy stays queued; with
+    // host memory on either side the host uses the data next.
+    if (allocator_.contains(dst) && allocator_.contains(src))
+      finish("copy");
+    else
+      wait("copy");
   }
 
   // ---- dense algebra ----
@@ -200,7 +211,7 @@ class CudaBackend final : public Backend {
     check(cuda::sum_squares(result, x, n, partials, stream_), "sum_squares");
     double host = 0.0;
     check(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDefault, stream_), "sum_squares: copy back");
-    finish("sum_squares");
+    wait("sum_squares");
     return host;
   }
 
@@ -356,7 +367,7 @@ class CudaBackend final : public Backend {
     std::vector<float> host(static_cast<size_t>(N));
     check(cudaMemcpyAsync(host.data(), losses, host.size() * sizeof(float), cudaMemcpyDefault, stream_),
           "lm_head_cross_entropy: copy losses");
-    finish("lm_head_cross_entropy");
+    wait("lm_head_cross_entropy");
     double sum = 0.0;
     for (float l : host) sum += double(l);  // ignored rows hold 0
     return sum;
@@ -388,6 +399,31 @@ class CudaBackend final : public Backend {
           "adamw_update");
     finish("adamw_update");
   }
+  // One launch over every segment. The chunk table is built and uploaded once per distinct segment
+  // list (an optimizer passes the same list every step) and kept in managed memory.
+  void adamw_update_segments(float* params, const float* grads, float* m, float* v,
+                             const std::vector<AdamwSegment>& segments, float lr, float beta1, float beta2,
+                             float eps, float weight_decay, int step, float grad_scale) override {
+    NURI_CHECK(step >= 1, internal, "adamw_update_segments", "step must be >= 1, got " << step);
+    if (segments != adamw_segments_) {
+      std::vector<AdamwChunk> chunks;
+      for (const AdamwSegment& s : segments)
+        append_adamw_chunks(chunks, s.param_offset, s.moment_offset, s.count, s.decay);
+      NURI_CHECK(chunks.size() <= size_t(INT32_MAX), shape, "adamw_update_segments",
+                 chunks.size() << " chunks are more than one launch takes");
+      wait("adamw_update_segments");  // queued work may read the old table; the host writes the new
+      allocator_.release(adamw_chunks_);
+      adamw_chunks_ = static_cast<AdamwChunk*>(
+          allocator_.allocate(std::max<size_t>(chunks.size(), 1) * sizeof(AdamwChunk), "the AdamW chunk table"));
+      std::copy(chunks.begin(), chunks.end(), adamw_chunks_);  // managed memory, no kernel in flight
+      adamw_segments_ = segments;
+      adamw_nchunks_ = int(chunks.size());
+    }
+    check(adamw_update_chunks(params, grads, m, v, adamw_chunks_, adamw_nchunks_, lr, beta1, beta2, eps,
+                              weight_decay, step, grad_scale, stream_),
+          "adamw_update_segments");
+    finish("adamw_update_segments");
+  }
 
  private:
   struct Scratch {
@@ -403,10 +439,17 @@ class CudaBackend final : public Backend {
                what << " failed on GPU " << device_ << ": " << cudaGetErrorString(e)
                     << (detail.empty() ? "" : " (") << detail << (detail.empty() ? "" : ")"));
   }
-  // Waits for the op's work; an asynchronous fault is reported against this op.
-  void finish(const char* op) {
+  // Waits for all queued work. A fault in it is reported against `op`, which caused it only when
+  // every op waits (NURI_CUDA_SYNC=1); otherwise the message says so.
+  void wait(const char* op) {
     check(cudaEventRecord(done_, stream_), op);
-    check(cudaEventSynchronize(done_), op);
+    check(cudaEventSynchronize(done_), op,
+          sync_each_op_ ? std::string() : "or in earlier queued work; rerun with NURI_CUDA_SYNC=1 to name the op");
+  }
+  // The end of every op: nothing (the work stays queued) unless NURI_CUDA_SYNC=1 asked to wait
+  // for each op, so that a kernel fault is reported against the op that caused it.
+  void finish(const char* op) {
+    if (sync_each_op_) wait(op);
   }
 
   template <typename T>
@@ -414,7 +457,7 @@ class CudaBackend final : public Backend {
     Scratch& s = scratch_[slot];
     const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
     if (s.bytes < bytes) {
-      finish("scratch");  // the old buffer may still be read by queued work
+      wait("scratch");  // the old buffer may still be read by queued work
       scratch_alloc_.release(s.ptr);
       s.ptr = scratch_alloc_.allocate(bytes, "device scratch");
       s.bytes = DeviceAllocator::round_size(bytes);
@@ -435,7 +478,7 @@ class CudaBackend final : public Backend {
     return dst;
   }
 
-  // Token or target ids (N, host or managed memory) copied to device scratch.
+  // Token or target ids (N, host memory: CUDA reads it before the copy returns) to device scratch.
   const int32_t* upload_ids(const int32_t* ids, int N, const char* op) {
     NURI_CHECK(N >= 0, shape, op, "bad row count N=" << N);
     int32_t* d = scratch<int32_t>(kTokens, size_t(N));
@@ -496,7 +539,7 @@ class CudaBackend final : public Backend {
     RopeTable& t = rope_tables_[std::make_pair(D, theta)];
     if (t.data && t.rows >= T) return t.data;
     const int rows = std::max({T, 1, 2 * t.rows});  // doubling: sampling asks for T = 1, 2, 3, ...
-    finish("rope_table");
+    wait("rope_table");  // queued work may still read the old table
     allocator_.release(t.data);
     t.data = static_cast<float*>(allocator_.allocate(size_t(rows) * size_t(D) * sizeof(float), "the RoPE table"));
     t.rows = rows;
@@ -517,7 +560,11 @@ class CudaBackend final : public Backend {
     int rows = 0;
   };
   std::map<std::pair<int, float>, RopeTable> rope_tables_;
+  std::vector<AdamwSegment> adamw_segments_;  // the segments adamw_chunks_ was built for
+  AdamwChunk* adamw_chunks_ = nullptr;        // managed memory
+  int adamw_nchunks_ = 0;
   int shared_optin_ = 0;  // bytes of shared memory a block may opt into on this GPU
+  bool sync_each_op_ = false;  // NURI_CUDA_SYNC=1
   std::string attention_choice_;
 #if !defined(NURI_CUDA_EMU)
   std::unique_ptr<GemmDispatch> gemm_;

@@ -27,7 +27,7 @@ DeviceAllocator::~DeviceAllocator() {
   empty_cache_locked();
   // Blocks still in use belong to a caller that outlived the backend; free them too, so the
   // process does not leak device memory (the pointers are dangling from here on, as with free()).
-  for (auto& [ptr, size] : in_use_) (void)cudaFree(ptr);
+  for (auto& [ptr, size] : in_use_) (void)cudaFree(const_cast<char*>(ptr));
   in_use_.clear();
 }
 
@@ -82,7 +82,7 @@ void* DeviceAllocator::allocate(size_t bytes, const char* what) {
                                                << "); lower train.batch_size or train.seq_len, use "
                                                   "activation recompute, or more data-parallel ranks");
   }
-  in_use_[ptr] = got;
+  in_use_[static_cast<const char*>(ptr)] = got;
   bytes_in_use_ += got;
   return ptr;
 }
@@ -90,13 +90,22 @@ void* DeviceAllocator::allocate(size_t bytes, const char* what) {
 void DeviceAllocator::release(void* ptr) {
   if (!ptr) return;
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = in_use_.find(ptr);
+  auto it = in_use_.find(static_cast<const char*>(ptr));
   NURI_CHECK(it != in_use_.end(), backend, "cuda free",
              "pointer " << ptr << " was not allocated by this cuda backend (or was freed twice)");
   const size_t size = it->second;
   in_use_.erase(it);
   bytes_in_use_ -= size;
   cached_.emplace(size, ptr);
+}
+
+bool DeviceAllocator::contains(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = in_use_.upper_bound(c);  // the first block starting after c
+  if (it == in_use_.begin()) return false;
+  --it;
+  return c < it->first + it->second;
 }
 
 void DeviceAllocator::empty_cache_locked() {

@@ -7,12 +7,13 @@
 //   out of memory: every cached block is released and the allocation is tried once more; if that
 //   fails too, Error(backend) says what was asked, what is in use and cached, and the device's
 //   free/total memory.
-// Blocks are only returned when the backend has finished all work (it synchronises per op), so a
-// reused block is never still in use by a kernel. Thread-safe.
+// Reuse and queued work: a block released while kernels that use it are still queued may be handed
+// out again. That is safe because the backend has one stream (the new owner's work runs after the
+// old owner's) and waits for the stream before the host touches a block (alloc, tables); emptying
+// the cache calls cudaFree, which waits for the device. Thread-safe.
 #include <cstddef>
 #include <map>
 #include <mutex>
-#include <unordered_map>
 
 #include "common.cuh"
 
@@ -30,6 +31,8 @@ class DeviceAllocator {
   void release(void* ptr);                         // back to the cache; nullptr is ignored
 
   static size_t round_size(size_t bytes);  // the size class of a request
+  // True when p points into a block in use from this allocator (not host memory).
+  bool contains(const void* p);
 
  private:
   void* device_alloc(size_t bytes);  // nullptr when the device is out of memory
@@ -38,7 +41,7 @@ class DeviceAllocator {
   bool managed_;
   std::mutex mutex_;
   std::multimap<size_t, void*> cached_;         // size class -> free block
-  std::unordered_map<void*, size_t> in_use_;    // live block -> its size class
+  std::map<const char*, size_t> in_use_;        // live block -> its size class (bytes)
   size_t bytes_in_use_ = 0;  // for the out-of-memory message
 };
 
