@@ -189,6 +189,17 @@ class Backend {
                    s.decay ? weight_decay : 0.0f, step, grad_scale);
   }
 
+  // ---- weights ----
+  // Promises that nobody writes [params, params + count) until unfreeze_weights(): a backend may
+  // then convert those weights once for its matrix products instead of at every product (the cuda
+  // backend casts them to bf16 in one launch). Model brackets each of its calls with the pair.
+  // Another freeze replaces the range. Default: nothing.
+  virtual void freeze_weights(const float* params, size_t count) {
+    (void)params;
+    (void)count;
+  }
+  virtual void unfreeze_weights() {}  // ends the promise
+
   // ---- ordering ----
   // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may
   // read or write an op's buffers directly, or hand them to MPI, only after synchronize(), which

@@ -93,6 +93,33 @@ TEST_CASE("emulated cuda backend: ops are queued until synchronize(), or wait ea
   ::unsetenv("NURI_CUDA_SYNC");
 }
 
+TEST_CASE("emulated cuda backend: frozen weights are cast once and never go stale", "[backend]") {
+  nuri::Backend& g = gpu();
+  const int N = 33, IC = 40, OC = 24;
+  // Two weight matrices in one buffer, as in a model's parameters; the second is used.
+  const Vec w0 = random_vec(size_t(2 * OC * IC), 21), x = random_vec(size_t(N) * IC, 22);
+  Buf w(g, w0), in(g, x), out(g, size_t(N) * OC);
+  const float* second = w.p + size_t(OC) * IC;
+  g.linear_forward(out.p, in.p, second, nullptr, N, IC, OC, false);
+  const Vec cast_each_time = out.get();
+  g.freeze_weights(w.p, w.n);
+  g.linear_forward(out.p, in.p, second, nullptr, N, IC, OC, false);
+  check_equal("linear_forward from the frozen bf16 copy", out.get(), cast_each_time);
+  g.unfreeze_weights();
+  // New weights written by the host after the freeze ended are what the next product uses.
+  const Vec w1 = random_vec(w.n, 23);
+  std::memcpy(w.p, w1.data(), w.n * sizeof(float));
+  g.linear_forward(out.p, in.p, second, nullptr, N, IC, OC, false);
+  Vec want(size_t(N) * OC);
+  cpu().linear_forward(want.data(), from_bf16(to_bf16(x)).data(), from_bf16(to_bf16(w1)).data() + size_t(OC) * IC,
+                       nullptr, N, IC, OC, false);
+  check_close_scaled("linear_forward after unfreeze (new weights)", out.get(), want, 1e-5f);
+  g.freeze_weights(w.p, w.n);  // and frozen again: the copy is made from the new weights
+  g.linear_forward(out.p, in.p, second, nullptr, N, IC, OC, false);
+  check_close_scaled("linear_forward frozen again", out.get(), want, 1e-5f);
+  g.unfreeze_weights();
+}
+
 TEST_CASE("emulated cuda backend: fused AdamW over segments against the CPU", "[backend][adamw]") {
   nuri::Backend& g = gpu();
   const std::vector<nuri::AdamwSegment> segs = {{0, 0, 33, true}, {33, 33, 1, false}, {40, 34, 70000, true}};

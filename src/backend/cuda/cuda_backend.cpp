@@ -3,6 +3,7 @@
 #include "backend/cuda/cuda_backend.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <sstream>
@@ -43,7 +44,11 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 // Device scratch the ops reuse (device memory, never seen by the host).
-enum Slot { kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble, kSlots };
+enum Slot {
+  kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble,
+  kFrozenWeights,  // the bf16 copy of the weights between freeze_weights and unfreeze_weights
+  kSlots
+};
 
 // NURI_ATTENTION / NURI_GEMM style switches: "auto" unless set.
 std::string env_choice(const char* name, std::initializer_list<const char*> allowed) {
@@ -113,6 +118,22 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { wait("synchronize"); }
+
+  // One cast of all the weights; the matrix products read the copy until unfreeze_weights.
+  void freeze_weights(const float* params, size_t count) override {
+    frozen_ = nullptr;
+    frozen_count_ = 0;
+    if (!params || count == 0) return;
+    frozen_bf16_ = scratch<bf16>(kFrozenWeights, count);
+    check(cast_f32_to_bf16(frozen_bf16_, params, count, stream_), "freeze_weights: cast to bf16");
+    finish("freeze_weights");
+    frozen_ = params;
+    frozen_count_ = count;
+  }
+  void unfreeze_weights() override {
+    frozen_ = nullptr;
+    frozen_count_ = 0;
+  }
 
   std::string name() const override { return "cuda"; }
   bool accepts_host_buffers() const override { return false; }
@@ -465,8 +486,12 @@ class CudaBackend final : public Backend {
     return static_cast<T*>(s.ptr);
   }
 
-  // A (rows, cols) fp32 matrix with row stride ld, as a dense bf16 (rows, cols) copy in a slot.
+  // A (rows, cols) fp32 matrix with row stride ld, as a dense bf16 (rows, cols) copy: the frozen
+  // weights' copy when src lies in them (dense), else a cast into a slot.
   const bf16* to_bf16(Slot slot, const float* src, size_t rows, size_t cols, size_t ld) {
+    const auto at = reinterpret_cast<uintptr_t>(src), lo = reinterpret_cast<uintptr_t>(frozen_);
+    if (frozen_ && ld == cols && at >= lo && (at - lo) / sizeof(float) + rows * cols <= frozen_count_)
+      return frozen_bf16_ + (at - lo) / sizeof(float);
     bf16* dst = scratch<bf16>(slot, rows * cols);
     if (rows * cols == 0) return dst;
     if (ld == cols) {
@@ -565,6 +590,9 @@ class CudaBackend final : public Backend {
   int adamw_nchunks_ = 0;
   int shared_optin_ = 0;  // bytes of shared memory a block may opt into on this GPU
   bool sync_each_op_ = false;  // NURI_CUDA_SYNC=1
+  const float* frozen_ = nullptr;  // freeze_weights' range, null when none
+  size_t frozen_count_ = 0;
+  bf16* frozen_bf16_ = nullptr;  // its bf16 copy (slot kFrozenWeights)
   std::string attention_choice_;
 #if !defined(NURI_CUDA_EMU)
   std::unique_ptr<GemmDispatch> gemm_;
