@@ -47,6 +47,7 @@ using bf16 = __nv_bfloat16;
 enum Slot {
   kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble,
   kFrozenWeights,  // the bf16 copy of the weights between freeze_weights and unfreeze_weights
+  kAdamwChunks,    // the fused AdamW's chunk table for adamw_segments_
   kSlots
 };
 
@@ -111,7 +112,6 @@ class CudaBackend final : public Backend {
     gemm_.reset();
 #endif
     for (auto& [key, table] : rope_tables_) allocator_.release(table.data);
-    allocator_.release(adamw_chunks_);
     for (auto& s : scratch_) scratch_alloc_.release(s.ptr);
     if (done_) (void)cudaEventDestroy(done_);
     if (stream_) (void)cudaStreamDestroy(stream_);
@@ -421,7 +421,7 @@ class CudaBackend final : public Backend {
     finish("adamw_update");
   }
   // One launch over every segment. The chunk table is built and uploaded once per distinct segment
-  // list (an optimizer passes the same list every step) and kept in managed memory.
+  // list (an optimizer passes the same list every step) into its scratch slot.
   void adamw_update_segments(float* params, const float* grads, float* m, float* v,
                              const std::vector<AdamwSegment>& segments, float lr, float beta1, float beta2,
                              float eps, float weight_decay, int step, float grad_scale) override {
@@ -432,15 +432,15 @@ class CudaBackend final : public Backend {
         append_adamw_chunks(chunks, s.param_offset, s.moment_offset, s.count, s.decay);
       NURI_CHECK(chunks.size() <= size_t(INT32_MAX), shape, "adamw_update_segments",
                  chunks.size() << " chunks are more than one launch takes");
-      wait("adamw_update_segments");  // queued work may read the old table; the host writes the new
-      allocator_.release(adamw_chunks_);
-      adamw_chunks_ = static_cast<AdamwChunk*>(
-          allocator_.allocate(std::max<size_t>(chunks.size(), 1) * sizeof(AdamwChunk), "the AdamW chunk table"));
-      std::copy(chunks.begin(), chunks.end(), adamw_chunks_);  // managed memory, no kernel in flight
+      AdamwChunk* table = scratch<AdamwChunk>(kAdamwChunks, chunks.size());
+      if (!chunks.empty())  // from pageable memory: CUDA reads `chunks` before the call returns
+        check(cudaMemcpyAsync(table, chunks.data(), chunks.size() * sizeof(AdamwChunk), cudaMemcpyDefault, stream_),
+              "adamw_update_segments: upload the chunk table");
       adamw_segments_ = segments;
       adamw_nchunks_ = int(chunks.size());
     }
-    check(adamw_update_chunks(params, grads, m, v, adamw_chunks_, adamw_nchunks_, lr, beta1, beta2, eps,
+    check(adamw_update_chunks(params, grads, m, v, scratch<AdamwChunk>(kAdamwChunks, size_t(adamw_nchunks_)),
+                              adamw_nchunks_, lr, beta1, beta2, eps,
                               weight_decay, step, grad_scale, stream_),
           "adamw_update_segments");
     finish("adamw_update_segments");
@@ -465,7 +465,7 @@ class CudaBackend final : public Backend {
   void wait(const char* op) {
     check(cudaEventRecord(done_, stream_), op);
     check(cudaEventSynchronize(done_), op,
-          sync_each_op_ ? std::string() : "or in earlier queued work; rerun with NURI_CUDA_SYNC=1 to name the op");
+          sync_each_op_ ? std::string() : "the fault may be in earlier queued work; rerun with NURI_CUDA_SYNC=1 to name the op");
   }
   // The end of every op: nothing (the work stays queued) unless NURI_CUDA_SYNC=1 asked to wait
   // for each op, so that a kernel fault is reported against the op that caused it.
@@ -480,6 +480,7 @@ class CudaBackend final : public Backend {
     if (s.bytes < bytes) {
       wait("scratch");  // the old buffer may still be read by queued work
       scratch_alloc_.release(s.ptr);
+      s = Scratch{};  // nothing held if the allocation below throws
       s.ptr = scratch_alloc_.allocate(bytes, "device scratch");
       s.bytes = DeviceAllocator::round_size(bytes);
     }
@@ -566,6 +567,7 @@ class CudaBackend final : public Backend {
     const int rows = std::max({T, 1, 2 * t.rows});  // doubling: sampling asks for T = 1, 2, 3, ...
     wait("rope_table");  // queued work may still read the old table
     allocator_.release(t.data);
+    t = RopeTable{};  // nothing held if the allocation below throws
     t.data = static_cast<float*>(allocator_.allocate(size_t(rows) * size_t(D) * sizeof(float), "the RoPE table"));
     t.rows = rows;
     check(rope_table(t.data, rows, D, theta, stream_), "rope_table");
@@ -585,8 +587,7 @@ class CudaBackend final : public Backend {
     int rows = 0;
   };
   std::map<std::pair<int, float>, RopeTable> rope_tables_;
-  std::vector<AdamwSegment> adamw_segments_;  // the segments adamw_chunks_ was built for
-  AdamwChunk* adamw_chunks_ = nullptr;        // managed memory
+  std::vector<AdamwSegment> adamw_segments_;  // the segments the kAdamwChunks table was built for
   int adamw_nchunks_ = 0;
   int shared_optin_ = 0;  // bytes of shared memory a block may opt into on this GPU
   bool sync_each_op_ = false;  // NURI_CUDA_SYNC=1
