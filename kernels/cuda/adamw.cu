@@ -84,6 +84,7 @@ cudaError_t adamw_update(float* param, const float* grad, float* m, float* v, si
 void append_adamw_chunks(std::vector<AdamwChunk>& chunks, size_t param_offset,
                          size_t moment_offset, size_t count, bool decay, size_t max_chunk) {
   if (max_chunk == 0) max_chunk = kAdamwChunkElements;
+  if (max_chunk > 0xffffffffu) max_chunk = 0xffffffffu;  // AdamwChunk::count is 32 bits
   for (size_t done = 0; done < count; done += max_chunk) {
     const size_t n = count - done < max_chunk ? count - done : max_chunk;
     chunks.push_back({param_offset + done, moment_offset + done, unsigned(n), decay ? 1u : 0u});

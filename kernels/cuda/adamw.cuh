@@ -35,7 +35,8 @@ cudaError_t adamw_update(float* param, const float* grad, float* m, float* v, si
                          float grad_scale, cudaStream_t stream);
 
 // Appends the chunks of one segment (a tensor, or part of one) to `chunks`, each at most
-// max_chunk (> 0) elements. Host code.
+// max_chunk elements (0: kAdamwChunkElements; at most 2^32 - 1, the width of AdamwChunk::count).
+// Host code.
 void append_adamw_chunks(std::vector<AdamwChunk>& chunks, size_t param_offset,
                          size_t moment_offset, size_t count, bool decay,
                          size_t max_chunk = kAdamwChunkElements);

@@ -410,6 +410,15 @@ TEST_CASE("adamw fused over segments", "[adamw]") {
     check_close("fused adamw v", v, v_w);
     for (size_t i = 0; i < moment_base; ++i) REQUIRE(p[i] == random_vec(n, 1)[i]);  // outside every segment
   }
+  // A segment longer than AdamwChunk::count can hold, with no size limit asked: cut at 2^32 - 1
+  // (the table only: nothing of that size is allocated).
+  std::vector<cu::AdamwChunk> huge;
+  const size_t big = (size_t(1) << 33) + 5;
+  cu::append_adamw_chunks(huge, 10, 0, big, true, SIZE_MAX);
+  REQUIRE(huge.size() == 3);
+  CHECK(huge[0].count == 0xffffffffu);
+  CHECK(huge[1].param_offset == 10 + size_t(0xffffffffu));
+  CHECK(size_t(huge[0].count) + huge[1].count + huge[2].count == big);
   const cu::AdamwChunk one{0, 0, 1, 0};
   float x = 1.0f;
   CHECK(cu::adamw_update_chunks(&x, &x, &x, &x, &one, 1, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 0, 1.0f, kStream) ==
