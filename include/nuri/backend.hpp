@@ -190,15 +190,19 @@ class Backend {
   }
 
   // ---- weights ----
-  // Promises that nobody writes [params, params + count) until unfreeze_weights(): a backend may
-  // then convert those weights once for its matrix products instead of at every product (the cuda
-  // backend casts them to bf16 in one launch). Model brackets each of its calls with the pair.
-  // Another freeze replaces the range. Default: nothing.
+  // Promises that nobody writes [params, params + count) until the matching unfreeze_weights(): a
+  // backend may then convert those weights once for its matrix products instead of at every
+  // product (the cuda backend casts them to bf16 in one launch and keeps the copy: 2 bytes per
+  // parameter). Freezes nest: a freeze of the same range while frozen converts nothing again, and
+  // each freeze needs its unfreeze; the range ends with the outermost. Model::forward_backward
+  // freezes for its call; a trainer freezes around a step's micro-batches so that the weights are
+  // converted once per step (FrozenWeights below). A different range while frozen is
+  // Error(internal). Default: nothing.
   virtual void freeze_weights(const float* params, size_t count) {
     (void)params;
     (void)count;
   }
-  virtual void unfreeze_weights() {}  // ends the promise
+  virtual void unfreeze_weights() {}  // ends one freeze
 
   // ---- ordering ----
   // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may
@@ -208,6 +212,20 @@ class Backend {
   // wait for their own work (and everything before it).
   // On the CPU backend every op is complete when it returns and this does nothing.
   virtual void synchronize() {}
+};
+
+// Backend::freeze_weights for the guard's lifetime. Nothing may write the range meanwhile.
+class FrozenWeights {
+ public:
+  FrozenWeights(Backend& backend, const float* params, size_t count) : backend_(backend) {
+    backend_.freeze_weights(params, count);
+  }
+  ~FrozenWeights() { backend_.unfreeze_weights(); }
+  FrozenWeights(const FrozenWeights&) = delete;
+  FrozenWeights& operator=(const FrozenWeights&) = delete;
+
+ private:
+  Backend& backend_;
 };
 
 // Creates a backend by name ("cpu"; "cuda" when nuri was built with it). threads <= 0 picks the

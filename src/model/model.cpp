@@ -75,21 +75,6 @@ class SynchronizedTensorParallelOps final : public TensorParallelOps {
   Backend& backend_;
 };
 
-// Model's calls never write the parameters: for the length of one call the backend may convert
-// them once (Backend::freeze_weights) instead of at every product.
-class FrozenWeights {
- public:
-  FrozenWeights(Backend& backend, const float* params, size_t count) : backend_(backend) {
-    backend_.freeze_weights(params, count);
-  }
-  ~FrozenWeights() { backend_.unfreeze_weights(); }
-  FrozenWeights(const FrozenWeights&) = delete;
-  FrozenWeights& operator=(const FrozenWeights&) = delete;
-
- private:
-  Backend& backend_;
-};
-
 }  // namespace
 
 struct Model::Impl {
@@ -793,6 +778,9 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/true);
+  // The weights are read two or three times each (forward, backward, and a forward again under
+  // recompute): converted once for the call (Backend::freeze_weights). The evaluation and
+  // sampling calls read each weight once, so they convert at the product and keep no copy.
   const FrozenWeights frozen(backend_, params_, num_params_);
   const bool keep_all = !cfg_.recompute;
   forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
@@ -837,7 +825,6 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
-  const FrozenWeights frozen(backend_, params_, num_params_);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
@@ -854,7 +841,6 @@ void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
-  const FrozenWeights frozen(backend_, params_, num_params_);
   forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
   // The caller's logits may be host memory (a std::vector): where the backend cannot write that,
   // the logits go to a backend buffer first and are copied out.

@@ -571,11 +571,15 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     const double lr = learning_rate(cfg.optim, step, tc.steps);
     engine.zero_grads();
     double local_loss = 0;
-    for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      next_batch(x.data(), y.data());
-      // The last micro-batch's backward starts the gradient reductions, bucket by bucket.
-      local_loss += engine.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
-                                            1.0f / float(tc.grad_accum), micro + 1 == tc.grad_accum);
+    {
+      // The micro-batches read the same weights: the cuda backend casts them to bf16 once per step.
+      const FrozenWeights frozen(*backend, model.params(), model.num_params());
+      for (int micro = 0; micro < tc.grad_accum; ++micro) {
+        next_batch(x.data(), y.data());
+        // The last micro-batch's backward starts the gradient reductions, bucket by bucket.
+        local_loss += engine.forward_backward(x.data(), y.data(), tc.batch_size, tc.seq_len,
+                                              1.0f / float(tc.grad_accum), micro + 1 == tc.grad_accum);
+      }
     }
     // The DP mean loss and the norm of the DP-averaged gradient: the same on every rank, so
     // every rank takes the same decision below.

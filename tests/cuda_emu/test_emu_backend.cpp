@@ -120,6 +120,57 @@ TEST_CASE("emulated cuda backend: frozen weights are cast once and never go stal
   g.unfreeze_weights();
 }
 
+TEST_CASE("emulated cuda backend: frozen weights skip their cast, nest, and serve only dense operands inside the range",
+          "[backend]") {
+  nuri::Backend& g = gpu();
+  const int N = 17, IC = 24, OC = 12;
+  const Vec w0 = bf16_values(size_t(2 * OC * IC), 31), x = bf16_values(size_t(N) * IC, 32);
+  Buf w(g, w0), in(g, x), out(g, size_t(N) * OC);
+  const float* second = w.p + size_t(OC) * IC;
+  auto launches_of_product = [&] {  // linear_forward = casts of what is not frozen + the GEMM
+    g.synchronize();
+    const uint64_t l0 = emu::kernel_launches();
+    g.linear_forward(out.p, in.p, second, nullptr, N, IC, OC, false);
+    return emu::kernel_launches() - l0;
+  };
+  auto want_product = [&](const Vec& weights) {
+    Vec want(size_t(N) * OC);
+    cpu().linear_forward(want.data(), x.data(), weights.data() + size_t(OC) * IC, nullptr, N, IC, OC, false);
+    return want;
+  };
+  const uint64_t cast_both = launches_of_product();
+  g.freeze_weights(w.p, w.n);
+  CHECK(launches_of_product() == cast_both - 1);  // the weight's cast is gone
+  // Nested: the same range again casts nothing, and the copy lasts until the outermost unfreeze.
+  const uint64_t l0 = emu::kernel_launches();
+  g.freeze_weights(w.p, w.n);
+  CHECK(emu::kernel_launches() == l0);
+  CHECK_THROWS_WITH(g.freeze_weights(w.p, w.n - 1), Catch::Contains("nested freezes must name the same range"));
+  g.unfreeze_weights();
+  CHECK(launches_of_product() == cast_both - 1);
+  g.unfreeze_weights();
+  CHECK(launches_of_product() == cast_both);
+
+  // An operand that runs past the end of the frozen range is cast at the product: a host write
+  // just past the range (allowed while frozen) shows in the result.
+  g.freeze_weights(w.p, w.n - 1);
+  g.synchronize();
+  Vec w1 = w0;
+  w1.back() = 0.5f;
+  w.p[w.n - 1] = 0.5f;
+  CHECK(launches_of_product() == cast_both);
+  check_close_scaled("linear_forward, weight crossing the frozen range's end", out.get(), want_product(w1), 1e-6f);
+  // A strided operand inside the range (gemm over the first IC - 5 columns of each row) is cast
+  // too: the frozen copy is dense.
+  const int K = IC - 5;
+  Buf c(g, size_t(N) * OC);
+  g.gemm(false, true, N, OC, K, 1.0f, in.p, IC, w.p, IC, 0.0f, c.p, OC);
+  Vec want_c(size_t(N) * OC);
+  cpu().gemm(false, true, N, OC, K, 1.0f, x.data(), IC, w1.data(), IC, 0.0f, want_c.data(), OC);
+  check_close_scaled("gemm on a strided operand inside the frozen range", c.get(), want_c, 1e-6f);
+  g.unfreeze_weights();
+}
+
 TEST_CASE("emulated cuda backend: fused AdamW over segments against the CPU", "[backend][adamw]") {
   nuri::Backend& g = gpu();
   const std::vector<nuri::AdamwSegment> segs = {{0, 0, 33, true}, {33, 33, 1, false}, {40, 34, 70000, true}};
@@ -371,7 +422,8 @@ TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (
 
 TEST_CASE("a training step through the cuda backend waits a handful of times, not once per op",
           "[backend][train]") {
-  // Counted by the emulated runtime: host waits (event, stream and device synchronizations) and
+  // Counted by the emulated runtime: host waits (every call that blocked while work was queued,
+  // the implicit ones such as a copy into host memory included: emu::host_waits) and
   // kernel launches during one whole step (zero, forward and backward, grad norm, AdamW) of the
   // second step (the first builds the AdamW chunk table and the scratch buffers); then the same
   // with NURI_CUDA_SYNC=1, where every op waits.

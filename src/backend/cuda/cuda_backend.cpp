@@ -119,18 +119,30 @@ class CudaBackend final : public Backend {
 
   void synchronize() override { wait("synchronize"); }
 
-  // One cast of all the weights; the matrix products read the copy until unfreeze_weights.
+  // One cast of all the weights; the matrix products read the copy until the outermost
+  // unfreeze_weights. The copy's slot stays allocated for the next freeze (2 bytes per parameter).
   void freeze_weights(const float* params, size_t count) override {
+    if (frozen_depth_ > 0) {
+      NURI_CHECK(params == frozen_ && count == frozen_count_, internal, "freeze_weights",
+                 "a freeze of " << count << " floats at " << static_cast<const void*>(params) << " inside a freeze of "
+                                << frozen_count_ << " at " << static_cast<const void*>(frozen_)
+                                << "; nested freezes must name the same range");
+      ++frozen_depth_;
+      return;
+    }
     frozen_ = nullptr;
     frozen_count_ = 0;
-    if (!params || count == 0) return;
-    frozen_bf16_ = scratch<bf16>(kFrozenWeights, count);
-    check(cast_f32_to_bf16(frozen_bf16_, params, count, stream_), "freeze_weights: cast to bf16");
-    finish("freeze_weights");
-    frozen_ = params;
-    frozen_count_ = count;
+    if (params && count > 0) {
+      frozen_bf16_ = scratch<bf16>(kFrozenWeights, count);
+      check(cast_f32_to_bf16(frozen_bf16_, params, count, stream_), "freeze_weights: cast to bf16");
+      finish("freeze_weights");
+      frozen_ = params;
+      frozen_count_ = count;
+    }
+    frozen_depth_ = 1;
   }
   void unfreeze_weights() override {
+    if (frozen_depth_ > 0 && --frozen_depth_ > 0) return;
     frozen_ = nullptr;
     frozen_count_ = 0;
   }
@@ -593,6 +605,7 @@ class CudaBackend final : public Backend {
   bool sync_each_op_ = false;  // NURI_CUDA_SYNC=1
   const float* frozen_ = nullptr;  // freeze_weights' range, null when none
   size_t frozen_count_ = 0;
+  int frozen_depth_ = 0;  // open freezes (they nest)
   bf16* frozen_bf16_ = nullptr;  // its bf16 copy (slot kFrozenWeights)
   std::string attention_choice_;
 #if !defined(NURI_CUDA_EMU)

@@ -6,18 +6,20 @@
 // parameters are the fp32 master weights, the AdamW moments are fp32, activations between ops are
 // fp32 — and the matrix products (linear layers, the LM head, attention with D = 64 or 128) run on
 // bf16 tensor cores with fp32 accumulation: their inputs are rounded to bf16 on the way in (cast
-// kernels into device scratch), their outputs are fp32. Everything else (norms, activations, RoPE,
-// softmax, cross-entropy, AdamW) is fp32.
+// kernels into device scratch; the weights once per freeze_weights, into a bf16 copy of 2 bytes
+// per parameter that stays allocated), their outputs are fp32. Everything else (norms,
+// activations, RoPE, softmax, cross-entropy, AdamW) is fp32.
 //
 // Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
 // (device_allocator.hpp), so the model's host-side reads and writes (initialisation, checkpoints,
 // MPI collectives on gradients) stay valid; hot data migrates to the GPU on first use there.
 // Token and target arrays are host pointers; each op copies what it needs to device scratch.
 //
-// Streams and synchronisation: all work goes to one non-blocking stream per backend; every op
-// waits for its own work (an event) before it returns. That makes host access between ops safe
-// and attributes an asynchronous kernel fault to the op that launched it, at the cost of a host
-// round trip per op (a few microseconds; the step timings in benchmarks/kernels show what it costs).
+// Streams and synchronisation: all work goes to one non-blocking stream per backend and ops
+// return once it is queued (Backend::synchronize is the wait). The ops that hand data to the
+// host wait for themselves: alloc, copy to or from host memory, sum_squares,
+// lm_head_cross_entropy. NURI_CUDA_SYNC=1 makes every op wait for its own work (an event), so
+// that an asynchronous kernel fault is reported against the op that launched it.
 //
 // Device: the local rank's GPU (local rank % device count; OMPI_COMM_WORLD_LOCAL_RANK, then
 // SLURM_LOCALID, MPI_LOCALRANKID, LOCAL_RANK), or the one given.
