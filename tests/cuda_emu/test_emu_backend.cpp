@@ -171,6 +171,44 @@ TEST_CASE("emulated cuda backend: frozen weights skip their cast, nest, and serv
   g.unfreeze_weights();
 }
 
+TEST_CASE("emulated cuda backend: token ids are staged in page-locked memory, never rewritten before their copy ran",
+          "[backend]") {
+  // Each upload of ids goes through the next of a ring of page-locked stages, whose copy runs when
+  // the stream gets to it (the emulated runtime reads page-locked memory then, as a GPU's DMA
+  // does). Eight uploads with no wait between them, from one host vector rewritten after each
+  // call: a stage rewritten before its copy ran would gather the wrong rows.
+  nuri::Backend& g = gpu();
+  const int N = 37, C = 8, V = 50, calls = 8;
+  const Vec table = random_vec(size_t(V) * C, 41);
+  Buf wte(g, table);
+  std::vector<std::unique_ptr<Buf>> outs;
+  for (int c = 0; c < calls; ++c) outs.push_back(std::make_unique<Buf>(g, size_t(N) * C));
+  std::vector<int32_t> ids(static_cast<size_t>(N));
+  auto fill = [&](int call) {
+    for (int i = 0; i < N; ++i) ids[size_t(i)] = int32_t((i * 7 + call * 13) % V);
+  };
+  for (int c = 0; c < 4; ++c) {  // sizes every stage and the device slot
+    fill(c);
+    g.embedding_forward(outs[0]->p, ids.data(), wte.p, nullptr, N, N, C);
+  }
+  g.synchronize();
+  const uint64_t w0 = emu::host_waits();
+  for (int c = 0; c < calls; ++c) {
+    fill(c);
+    g.embedding_forward(outs[size_t(c)]->p, ids.data(), wte.p, nullptr, N, N, C);
+    if (c == 3) CHECK(emu::host_waits() == w0);  // four uploads queued without a wait
+  }
+  CHECK(emu::host_waits() > w0);  // the fifth reused a stage whose copy was still queued: it waited
+  for (int c = 0; c < calls; ++c) {
+    fill(c);
+    Vec want(size_t(N) * C);
+    for (int i = 0; i < N; ++i)
+      std::copy_n(table.data() + size_t(ids[size_t(i)]) * C, C, want.data() + size_t(i) * C);
+    INFO("upload " << c);
+    CHECK(outs[size_t(c)]->get() == want);
+  }
+}
+
 TEST_CASE("emulated cuda backend: fused AdamW over segments against the CPU", "[backend][adamw]") {
   nuri::Backend& g = gpu();
   const std::vector<nuri::AdamwSegment> segs = {{0, 0, 33, true}, {33, 33, 1, false}, {40, 34, 70000, true}};

@@ -11,9 +11,12 @@
 // stream (kernels through NURI_LAUNCH, cudaMemcpyAsync, cudaMemsetAsync) is queued and runs only
 // when the host waits for it (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize,
 // cudaFree, cudaStreamDestroy). A host that reads a result without waiting sees the old values,
-// as a GPU may show it. Work on the null stream runs at once (the kernel tests use it). Copies
-// follow the real API's rules for pageable host memory (anything cudaMalloc did not return): from
-// it, the source is read when the copy is issued; into it, the copy waits for the stream first.
+// as a GPU may show it. An event waits only for the work issued before it was recorded. Work on
+// the null stream runs at once (the kernel tests use it). Copies follow the real API's rules for
+// pageable host memory (anything cudaMalloc, cudaMallocManaged or cudaMallocHost did not return):
+// from it, the source is read when the copy is issued; into it, the copy waits for the stream
+// first. From page-locked memory (cudaMallocHost) the source is read when the copy runs, so a
+// host that rewrites it too early is caught.
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -41,30 +44,21 @@ inline constexpr unsigned cudaMemAttachGlobal = 1u;
 struct CUstream_st {
   std::mutex mutex;
   std::deque<std::function<void()>> queued;  // issued, not yet run, in issue order
+  uint64_t issued = 0;  // work items ever queued; those run are issued - queued.size()
 };
 struct CUevent_st {
   cudaStream_t stream = nullptr;  // where it was last recorded
+  uint64_t position = 0;          // the stream's issued count then: the work it waits for
 };
 using cudaEvent_t = CUevent_st*;
 
 namespace emu {
 
-// Runs the work queued on `stream`, in order.
-inline void drain(cudaStream_t stream) {
-  if (!stream) return;
-  for (;;) {
-    std::function<void()> work;
-    {
-      std::lock_guard<std::mutex> lock(stream->mutex);
-      if (stream->queued.empty()) return;
-      work = std::move(stream->queued.front());
-      stream->queued.pop_front();
-    }
-    work();
-  }
-}
-// Counters for tests that measure how often the host waits: host waits (stream, event and device
-// synchronizations) and kernels launched, since the process started.
+// Counters for tests that measure how often the host waits, since the process started:
+// host_waits() counts every call that blocked the host while work was queued — the explicit
+// synchronizations (stream, event, device) and the implicit ones (a copy into pageable memory,
+// cudaFree, cudaStreamDestroy), each a round trip in which the device's queue runs dry; a wait
+// that finds nothing queued is not counted. kernel_launches() counts NURI_LAUNCH calls.
 inline std::atomic<uint64_t>& host_waits() {
   static std::atomic<uint64_t> n{0};
   return n;
@@ -74,9 +68,34 @@ inline std::atomic<uint64_t>& kernel_launches() {
   return n;
 }
 
+// Runs the work queued on `stream` in order, up to the first `until` items ever issued (all of
+// it by default), on the calling thread: the host thread that waits. One stream's work never runs
+// on two threads at once as long as one thread uses the stream, as the cuda backend does.
+// Returns whether there was any.
+inline bool drain_once(cudaStream_t stream, uint64_t until = UINT64_MAX) {
+  if (!stream) return false;
+  bool ran = false;
+  for (;;) {
+    std::function<void()> work;
+    {
+      std::lock_guard<std::mutex> lock(stream->mutex);
+      if (stream->queued.empty() || stream->issued - stream->queued.size() >= until) return ran;
+      work = std::move(stream->queued.front());
+      stream->queued.pop_front();
+    }
+    work();
+    ran = true;
+  }
+}
+// A host wait for `stream` (counted in host_waits() when work was queued).
+inline void drain(cudaStream_t stream, uint64_t until = UINT64_MAX) {
+  if (drain_once(stream, until)) ++host_waits();
+}
+
 inline void enqueue(cudaStream_t stream, std::function<void()> work) {
   std::lock_guard<std::mutex> lock(stream->mutex);
   stream->queued.push_back(std::move(work));
+  ++stream->issued;
 }
 
 // The created streams (for cudaDeviceSynchronize) and the blocks cudaMalloc returned (start ->
@@ -90,13 +109,16 @@ inline RuntimeState& runtime_state() {
   static RuntimeState state;
   return state;
 }
+// A host wait for every stream (one count in host_waits() when any had work queued).
 inline void drain_all() {
   std::vector<cudaStream_t> streams;
   {
     std::lock_guard<std::mutex> lock(runtime_state().mutex);
     streams.assign(runtime_state().streams.begin(), runtime_state().streams.end());
   }
-  for (cudaStream_t s : streams) drain(s);
+  bool ran = false;
+  for (cudaStream_t s : streams) ran = drain_once(s) || ran;
+  if (ran) ++host_waits();
 }
 // True when p lies in a block from cudaMalloc/cudaMallocManaged ("device" memory); false for
 // pageable host memory.
@@ -154,7 +176,6 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() {
-  ++emu::host_waits();
   emu::drain_all();
   return cudaSuccess;
 }
@@ -181,6 +202,8 @@ inline cudaError_t cudaMallocManaged(void** ptr, size_t bytes, unsigned flags = 
   (void)flags;
   return cudaMalloc(ptr, bytes);
 }
+// Page-locked host memory: like device memory here, a copy from it reads it when the copy runs.
+inline cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaMalloc(ptr, bytes); }
 // Waits for the device first, as the real one does.
 inline cudaError_t cudaFree(void* ptr) {
   emu::drain_all();
@@ -191,6 +214,7 @@ inline cudaError_t cudaFree(void* ptr) {
   std::free(ptr);
   return cudaSuccess;
 }
+inline cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }  // here it waits for the device too
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                                    cudaStream_t stream = nullptr) {
   (void)kind;
@@ -245,7 +269,6 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  ++emu::host_waits();
   emu::drain(stream);
   return cudaSuccess;
 }
@@ -262,13 +285,16 @@ inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
 inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr) {
   if (!event) return cudaErrorInvalidValue;
   event->stream = stream;
+  if (stream) {
+    std::lock_guard<std::mutex> lock(stream->mutex);
+    event->position = stream->issued;
+  }
   return cudaSuccess;
 }
-// Waits for everything queued on the event's stream (at least what preceded the record).
+// Waits for the work queued on the event's stream before the record (later work stays queued).
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!event) return cudaErrorInvalidValue;
-  ++emu::host_waits();
-  emu::drain(event->stream);
+  emu::drain(event->stream, event->position);
   return cudaSuccess;
 }
 // One emulated device queue per stream and no concurrency between them: waiting on another
@@ -276,7 +302,7 @@ inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0) {
   (void)flags;
   if (!event) return cudaErrorInvalidValue;
-  if (event->stream != stream) emu::drain(event->stream);
+  if (event->stream != stream) (void)emu::drain_once(event->stream, event->position);  // device-side: not counted
   return cudaSuccess;
 }
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {

@@ -113,6 +113,10 @@ class CudaBackend final : public Backend {
 #endif
     for (auto& [key, table] : rope_tables_) allocator_.release(table.data);
     for (auto& s : scratch_) scratch_alloc_.release(s.ptr);
+    for (IdStage& s : id_stages_) {
+      if (s.host) (void)cudaFreeHost(s.host);
+      if (s.copied) (void)cudaEventDestroy(s.copied);
+    }
     if (done_) (void)cudaEventDestroy(done_);
     if (stream_) (void)cudaStreamDestroy(stream_);
   }
@@ -516,11 +520,34 @@ class CudaBackend final : public Backend {
     return dst;
   }
 
-  // Token or target ids (N, host memory: CUDA reads it before the copy returns) to device scratch.
+  // Token or target ids (N, the caller's host memory) to device scratch, through the next
+  // page-locked stage of a ring: a copy from pageable memory may make the driver wait for the
+  // whole stream first; from page-locked memory it is queued like a kernel. A stage is rewritten
+  // only once the copy that last read it has run (its event: long done, normally, as the host
+  // waits at least once per micro-batch, and a micro-batch uploads at most three times).
   const int32_t* upload_ids(const int32_t* ids, int N, const char* op) {
     NURI_CHECK(N >= 0, shape, op, "bad row count N=" << N);
     int32_t* d = scratch<int32_t>(kTokens, size_t(N));
-    if (N) check(cudaMemcpyAsync(d, ids, size_t(N) * sizeof(int32_t), cudaMemcpyDefault, stream_), op);
+    if (N == 0) return d;
+    IdStage& s = id_stages_[next_id_stage_];
+    next_id_stage_ = (next_id_stage_ + 1) % kIdStages;
+    if (s.copied) {
+      check(cudaEventSynchronize(s.copied), op, "waiting for an earlier upload of ids");
+    } else {
+      check(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming), op);
+    }
+    if (s.count < size_t(N)) {
+      check(cudaFreeHost(s.host), op);
+      s.host = nullptr;
+      s.count = 0;
+      void* p = nullptr;
+      check(cudaMallocHost(&p, size_t(N) * sizeof(int32_t)), op, "page-locked staging for token ids");
+      s.host = static_cast<int32_t*>(p);
+      s.count = size_t(N);
+    }
+    std::copy_n(ids, N, s.host);
+    check(cudaMemcpyAsync(d, s.host, size_t(N) * sizeof(int32_t), cudaMemcpyDefault, stream_), op);
+    check(cudaEventRecord(s.copied, stream_), op);
     return d;
   }
 
@@ -594,6 +621,14 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;
   Scratch scratch_[kSlots];
+  struct IdStage {  // page-locked host staging for upload_ids
+    int32_t* host = nullptr;
+    size_t count = 0;  // int32 capacity
+    cudaEvent_t copied = nullptr;  // recorded after the copy that last read `host`
+  };
+  static constexpr int kIdStages = 4;
+  IdStage id_stages_[kIdStages];
+  int next_id_stage_ = 0;
   struct RopeTable {
     float* data = nullptr;
     int rows = 0;
