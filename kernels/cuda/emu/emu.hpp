@@ -4,9 +4,11 @@
 // "Where there is no GPU"). Included by kernels/cuda/common.cuh when NURI_CUDA_EMU is defined;
 // never by nvcc.
 //
-// Execution model: one std::thread per CUDA thread. Blocks run one after another (grid order
-// x, then y, then z); the threads of a block run concurrently. Launches are serialized by a
-// process-wide mutex, so at most one block is live at a time.
+// Execution model: one host thread per CUDA thread of a block, from a pool of persistent workers
+// (grown to the largest block launched, at most 1024; creating a thread per CUDA thread per block
+// cost more than the kernels themselves). Blocks run one after another (grid order x, then y,
+// then z); the threads of a block run concurrently. Launches are serialized by a process-wide
+// mutex, so at most one block is live at a time.
 //   __syncthreads()          a block-wide barrier (mutex + condition variable). A thread that has
 //                            returned from the kernel no longer counts (as on sm_70+).
 //   __shared__               `static`: one instance per kernel (per template instantiation),
@@ -45,9 +47,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <math.h>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <set>
 #include <string>
 #include <thread>
@@ -197,6 +201,47 @@ inline std::mutex& launch_mutex() {
   return m;
 }
 
+// The persistent workers that play a block's threads: run(n, body) has workers 0..n-1 each call
+// body(t) for their index t, concurrently, and returns when all have. Called under launch_mutex.
+class WorkerPool {
+ public:
+  void run(unsigned n, const std::function<void(unsigned)>& body) {
+    while (workers_.size() < n) {
+      auto w = std::make_unique<Worker>();
+      Worker* raw = w.get();
+      const unsigned index = unsigned(workers_.size());
+      raw->thread = std::thread([this, raw, index] { loop(*raw, index); });
+      raw->thread.detach();  // the pool lives until the process ends (never destroyed)
+      workers_.push_back(std::move(w));
+    }
+    body_ = &body;
+    remaining_.store(n);
+    for (unsigned t = 0; t < n; ++t) workers_[t]->go.release();
+    done_.acquire();
+  }
+
+ private:
+  struct Worker {
+    std::binary_semaphore go{0};
+    std::thread thread;
+  };
+  void loop(Worker& w, unsigned index) {
+    for (;;) {
+      w.go.acquire();
+      (*body_)(index);
+      if (remaining_.fetch_sub(1) == 1) done_.release();
+    }
+  }
+  std::vector<std::unique_ptr<Worker>> workers_;
+  const std::function<void(unsigned)>* body_ = nullptr;
+  std::atomic<unsigned> remaining_{0};
+  std::binary_semaphore done_{0};
+};
+inline WorkerPool& worker_pool() {
+  static WorkerPool* pool = new WorkerPool;  // leaked: its workers block until the process exits
+  return *pool;
+}
+
 // Names of the kernels launched so far (launch_named), for coverage checks.
 inline std::set<std::string>& launched_kernels() {
   static std::set<std::string> names;
@@ -225,25 +270,21 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
             blk.warps.push_back(std::move(warp));
           }
           blk.dynamic_shared.assign(shared_bytes, std::byte{0xFF});
-          std::vector<std::thread> threads;
-          threads.reserve(nthreads);
-          for (unsigned t = 0; t < nthreads; ++t) {
-            threads.emplace_back([&, t] {
-              tl_block = &blk;
-              tl_linear = t;
-              threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-              blockIdx = dim3(bx, by, bz);
-              blockDim = block;
-              gridDim = grid;
-              kernel(params...);
-              Warp& w = current_warp();
-              w.exited.fetch_or(1u << lane_id());
-              w.barrier.drop();
-              blk.barrier.drop();
-              tl_block = nullptr;
-            });
-          }
-          for (auto& th : threads) th.join();
+          const std::function<void(unsigned)> body = [&](unsigned t) {
+            tl_block = &blk;
+            tl_linear = t;
+            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            blockIdx = dim3(bx, by, bz);
+            blockDim = block;
+            gridDim = grid;
+            kernel(params...);
+            Warp& w = current_warp();
+            w.exited.fetch_or(1u << lane_id());
+            w.barrier.drop();
+            blk.barrier.drop();
+            tl_block = nullptr;
+          };
+          worker_pool().run(nthreads, body);
         }
   };
   run(std::forward<Args>(args)...);
