@@ -217,9 +217,11 @@ class Backend {
 // Backend::freeze_weights for the guard's lifetime. Nothing may write the range meanwhile.
 class FrozenWeights {
  public:
+  // Freezes [params, params + count) on `backend`, which must outlive the guard.
   FrozenWeights(Backend& backend, const float* params, size_t count) : backend_(backend) {
     backend_.freeze_weights(params, count);
   }
+  // Ends the freeze (Backend::unfreeze_weights).
   ~FrozenWeights() { backend_.unfreeze_weights(); }
   FrozenWeights(const FrozenWeights&) = delete;
   FrozenWeights& operator=(const FrozenWeights&) = delete;

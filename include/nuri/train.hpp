@@ -2,10 +2,12 @@
 // \file
 // The trainer loop, sampling and the model file.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "nuri/backend.hpp"
 #include "nuri/config.hpp"
 
 #include "nuri/export.hpp"
@@ -57,6 +59,14 @@ struct TrainResult {
 // makes every rank throw (no rank waits in a collective for it); a failure later ends the job
 // through the communicator's timeout unless the caller aborts it (nuri's main() calls abort_job).
 TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world = nullptr);
+
+// Makes the backend a training runs on, given the worker threads train() chose for this rank.
+using BackendFactory = std::function<std::unique_ptr<Backend>(int threads)>;
+// train() on the backend `make_backend_for_rank` returns (called once per rank during set-up)
+// instead of make_backend(cfg.backend, ...): a Backend of the caller's own, or the tests'
+// emulated cuda backend. cfg.backend is not consulted.
+TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
+                  const BackendFactory& make_backend_for_rank);
 
 // Options of sample().
 struct SampleOptions {

@@ -51,6 +51,12 @@ void dry_run(const RunConfig& cfg) {
               gib(e.activations_recompute_bytes).c_str());
   std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
               gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
+  if (cfg.backend == "cuda") {
+    // The cuda backend's bf16 copy of the weights for its matrix products (docs/cuda.md, Memory).
+    const double copy = 2.0 * double(m.num_params());
+    std::printf("  bf16 weight copy    %s (backend = \"cuda\"; total with it: %s, with model.recompute: %s)\n",
+                gib(copy).c_str(), gib(e.total(false) + copy).c_str(), gib(e.total(true) + copy).c_str());
+  }
   const ParallelConfig& p = cfg.parallel;
   if (p.tp > 1) {
     // The split each TP rank would hold (or why the model cannot be split so).

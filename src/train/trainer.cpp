@@ -120,6 +120,11 @@ double measure_peak_gflops(Backend& backend) {
 }
 
 TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
+  return train(cfg, std::move(world), [&cfg](int threads) { return make_backend(cfg.backend, threads, cfg.cpu_gemm); });
+}
+
+TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
+                  const BackendFactory& make_backend_for_rank) {
   const TrainConfig& tc = cfg.train;
   const ParallelConfig& pc = cfg.parallel;
   // The process grid first: its check of tp x dp against the world size comes before anything else.
@@ -153,7 +158,8 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
   bool have_val = false;
   double unigram = 0, need_mib = 0;
   agree(world_comm, "setting up (config, data, memory)", [&] {
-    backend = make_backend(cfg.backend, threads, cfg.cpu_gemm);
+    backend = make_backend_for_rank(threads);
+    NURI_CHECK(backend, internal, "train", "the backend factory returned no backend");
     tokenizer = make_tokenizer(cfg.data.tokenizer);
     NURI_CHECK(cfg.model.vocab_size >= tokenizer->vocab_size(), config, "train",
                "model.vocab_size (" << cfg.model.vocab_size << ") is smaller than the "
@@ -292,7 +298,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world) {
     // (the small host-side sums stay on MPI). Every rank has the same config, so all take this.
     NURI_CHECK(backend->device() >= 0, config, "train",
                "parallel.dp_comm = \"nccl\" reduces gradients in GPU memory: it needs backend = \"cuda\" (this run "
-               "has backend = \"" << cfg.backend << "\"); set parallel.dp_comm = \"mpi\"");
+               "has backend = \"" << backend->name() << "\"); set parallel.dp_comm = \"mpi\"");
     NURI_CHECK(nccl_available(), backend, "train",
                "parallel.dp_comm = \"nccl\" but this build of nuri has no NCCL (nccl.h / libnccl were not found "
                "at build time); set parallel.dp_comm = \"mpi\"");

@@ -532,7 +532,9 @@ class CudaBackend final : public Backend {
     IdStage& s = id_stages_[next_id_stage_];
     next_id_stage_ = (next_id_stage_ + 1) % kIdStages;
     if (s.copied) {
-      check(cudaEventSynchronize(s.copied), op, "waiting for an earlier upload of ids");
+      check(cudaEventSynchronize(s.copied), op,
+            "while waiting for an earlier upload of ids; the fault may be in earlier queued work: rerun with "
+            "NURI_CUDA_SYNC=1 to name the op");
     } else {
       check(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming), op);
     }
