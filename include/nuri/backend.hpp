@@ -204,6 +204,17 @@ class Backend {
   }
   virtual void unfreeze_weights() {}  // ends one freeze
 
+  // ---- storage ----
+  // Saved activations in bf16 (ModelConfig::saved_activations): dst holds the n values of src
+  // rounded to bf16 (to nearest even, NaN kept), packed two per float slot: ceil(n / 2) floats.
+  // unpack_bf16 widens them back into n floats. dst and src do not overlap. The default converts on the host after
+  // synchronize() (any backend whose memory the host can read); the cuda backend queues a kernel.
+  virtual void pack_bf16(float* dst, const float* src, size_t n);
+  virtual void unpack_bf16(float* dst, const float* src, size_t n);  // dst (n) from packed src
+  // True when the matrix products round their inputs to bf16 anyway (the cuda backend): storing
+  // those inputs in bf16 then changes nothing, so saved_activations = "auto" means bf16 here.
+  virtual bool bf16_matmul_inputs() const { return false; }
+
   // ---- ordering ----
   // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may
   // read or write an op's buffers directly, or hand them to MPI, only after synchronize(), which

@@ -59,6 +59,14 @@ struct ModelConfig {
   float norm_eps = 1e-5f;            // epsilon of LayerNorm / RMSNorm
   float rope_theta = 10000.0f;       // RoPE base (llama)
   bool recompute = false;  // keep only each block's input; recompute the block in backward
+  // How the blocks' activations are kept for the backward (without recompute): "fp32", "bf16"
+  // (the large ones packed to bf16 after each block's forward, widened before its backward: about
+  // half the memory; the norms' statistics, the attention's log-sum-exp and the mid-block
+  // residual stay fp32), or "auto": bf16 where the backend's matrix products round their inputs
+  // to bf16 anyway (Backend::bf16_matmul_inputs: the cuda backend), fp32 elsewhere. bf16 needs
+  // one fp32 working set besides, so it is used only where it is smaller (from about three
+  // layers). A run setting.
+  std::string saved_activations = "auto";
 
   int head_dim() const { return d_model / n_head; }  // D = d_model / n_head
   // Throws Error(shape) naming the first inconsistency (e.g. n_head not dividing d_model).
@@ -80,7 +88,7 @@ struct MemoryEstimate {
   double params_bytes = 0;                            // parameters, fp32
   double grads_bytes = 0;                             // gradients, fp32
   double adam_bytes = 0;                              // both AdamW moments, fp32
-  double activations_bytes = 0;                       // without recompute
+  double activations_bytes = 0;                       // without recompute (fp32 saved_activations unless "bf16")
   double activations_recompute_bytes = 0;             // with recompute
   // The sum, with the activations of recompute on or off.
   double total(bool recompute) const {
@@ -244,6 +252,10 @@ class Model : public Trainable {
   const std::vector<ParamTensor>& tensors() const override { return tensors_; }
   const ParamTensor& tensor(const std::string& name) const;  // throws for an unknown name
   void zero_grads() override;                                // grads() = 0
+  // Bytes of backend memory held for activations (sized by the last call; 0 before the first).
+  size_t activation_bytes() const;
+  // Whether the blocks' activations are kept in bf16 (ModelConfig::saved_activations, resolved).
+  bool packs_saved_activations() const;
 
   // Training micro-batch: tokens, targets (B,T), targets < 0 ignored. Runs the forward and the
   // backward, ACCUMULATING grad_scale * d(mean loss)/d(params) into grads(). Returns the mean

@@ -1,4 +1,7 @@
-// make_backend: the one place that maps a backend name to an implementation.
+// make_backend, the one place that maps a backend name to an implementation; and the Backend
+// ops with a default (the host-side bf16 packing of saved activations).
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -11,6 +14,28 @@
 #include "nuri/error.hpp"
 
 namespace nuri {
+
+void Backend::pack_bf16(float* dst, const float* src, size_t n) {
+  synchronize();  // the host reads src
+  auto* out = reinterpret_cast<uint16_t*>(dst);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+      out[i] = uint16_t((u >> 16) | 0x40u);  // NaN: keep it a (quiet) NaN
+    else
+      out[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
+  }
+}
+
+void Backend::unpack_bf16(float* dst, const float* src, size_t n) {
+  synchronize();
+  const auto* in = reinterpret_cast<const uint16_t*>(src);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t u = uint32_t(in[i]) << 16;
+    std::memcpy(&dst[i], &u, 4);
+  }
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads,
                                       const std::string& cpu_gemm) {

@@ -36,19 +36,23 @@ std::string gib(double bytes) {
 void dry_run(const RunConfig& cfg) {
   const ModelConfig& m = cfg.model;
   const TrainConfig& t = cfg.train;
-  const MemoryEstimate e = estimate_memory(m, t.batch_size, t.seq_len);
+  // saved_activations = "auto" is bf16 on the cuda backend (Backend::bf16_matmul_inputs).
+  ModelConfig counted = m;
+  if (counted.saved_activations == "auto") counted.saved_activations = cfg.backend == "cuda" ? "bf16" : "fp32";
+  const MemoryEstimate e = estimate_memory(counted, t.batch_size, t.seq_len);
   std::printf("model        %s (%s family): %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, "
               "max_seq_len %d, %s embeddings\n",
               m.preset.c_str(), m.family.c_str(), m.n_layer, m.d_model, m.n_head, m.n_kv_head,
               m.d_ff, m.vocab_size, m.max_seq_len, m.tied_embeddings ? "tied" : "untied");
   std::printf("parameters   %lld (%.3f B)\n", (long long)m.num_params(), double(m.num_params()) / 1e9);
   std::printf("FLOPs/token  %.3g (training, seq_len %d)\n", m.train_flops_per_token(t.seq_len), t.seq_len);
-  std::printf("memory estimate, one device, fp32, micro-batch %d x %d:\n", t.batch_size, t.seq_len);
+  std::printf("memory estimate, one device (fp32 parameters and optimizer state), micro-batch %d x %d:\n", t.batch_size, t.seq_len);
   std::printf("  parameters          %s\n", gib(e.params_bytes).c_str());
   std::printf("  gradients           %s\n", gib(e.grads_bytes).c_str());
   std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
-  std::printf("  activations         %s (with model.recompute: %s)\n", gib(e.activations_bytes).c_str(),
-              gib(e.activations_recompute_bytes).c_str());
+  std::printf("  activations         %s (with model.recompute: %s)%s\n", gib(e.activations_bytes).c_str(),
+              gib(e.activations_recompute_bytes).c_str(),
+              counted.saved_activations == "bf16" ? "  [saved activations in bf16]" : "");
   std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
               gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
   if (cfg.backend == "cuda") {

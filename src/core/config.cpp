@@ -188,6 +188,8 @@ std::vector<Key> schema(RunConfig& c) {
       real_key("model.norm_eps", &m.norm_eps, 1e-12, 1.0, "epsilon of LayerNorm/RMSNorm"),
       real_key("model.rope_theta", &m.rope_theta, 1.0, 1e9, "RoPE base (llama)"),
       bool_key("model.recompute", &m.recompute, "recompute block activations in backward"),
+      string_key("model.saved_activations", &m.saved_activations, {"auto", "fp32", "bf16"},
+                 "activations kept for backward: auto (bf16 on cuda), fp32, bf16 (half the memory)"),
       strings_key("data.train_files", &d.train_files, "UTF-8 text files; blank line = new document"),
       strings_key("data.datasets", &d.datasets, "token-shard directories from `nuri tokenize` (not with train_files)"),
       reals_key("data.weights", &d.weights, 1e-9, 1e9, "sampling weight per dataset (empty: by tokens)"),

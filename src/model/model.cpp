@@ -18,6 +18,7 @@
 // dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward and
 // the all-gathered residual gradient in backward under SP.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -90,8 +91,16 @@ struct Model::Impl {
   Backend* backend = nullptr;
   float* arena = nullptr;
   int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_Nl = 0;  // what the arena was sized for
+  size_t arena_floats = 0;
   std::vector<float*> res;
   std::vector<BlockActs> acts;
+  // saved_activations = bf16 (resolved at construction): the forward of block l writes the fp32
+  // working set acts[0], whose large tensors are then packed into saved[l] (bf16, two per float)
+  // and widened back before the block's backward; saved[l]'s small tensors (norm statistics,
+  // log-sum-exp, mid-block residual) are fp32 and written in place by the forward. saved is
+  // empty when the arena keeps fp32 sets (pack off, recompute, or too few layers to gain).
+  bool pack = false;
+  std::vector<BlockActs> saved;
   float *lnf = nullptr, *meanf = nullptr, *rstdf = nullptr;
   float *dres = nullptr, *dln = nullptr, *datt = nullptr, *dqkv = nullptr, *dfc = nullptr,
         *dact = nullptr;
@@ -305,6 +314,8 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
   impl_->kv_shared = split.kv_replicas > 1;
   impl_->kv_slot = split.kv_head0;
   impl_->kv_slots = cfg_.n_kv_head;
+  impl_->pack = cfg_.saved_activations == "bf16" ||
+                (cfg_.saved_activations == "auto" && backend.bf16_matmul_inputs());
 
   tensors_ = parameter_layout(cfg_, tp_size_, tp_rank_);
   auto offset_of = [&](const std::string& name) {
@@ -357,6 +368,9 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
 }
 
 void Model::set_grad_ready_hook(GradReadyHook hook) { grad_ready_hook_ = std::move(hook); }
+
+size_t Model::activation_bytes() const { return impl_->arena_floats * sizeof(float); }
+bool Model::packs_saved_activations() const { return impl_->pack; }
 
 Model::~Model() {
   impl_.reset();
@@ -413,17 +427,46 @@ struct Dims {
   bool gpt2;
 };
 
+// The large tensors of a block's activations (those saved_activations = bf16 packs), with their
+// element counts.
+struct LargeAct {
+  float* BlockActs::*field;
+  size_t n;
+};
+std::array<LargeAct, 6> large_acts(const Dims& d) {
+  const size_t N = size_t(d.N);
+  return {{{&BlockActs::ln1, N * d.C},
+           {&BlockActs::qkv, N * d.QKV},
+           {&BlockActs::att, N * d.HD},
+           {&BlockActs::ln2, N * d.C},
+           {&BlockActs::fc, N * d.FC},
+           {&BlockActs::act, N * d.F}}};
+}
+size_t packed_floats(size_t n) { return (n + 1) / 2; }  // bf16, two per float
+
 void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   if (m.arena && m.arena_rows == d.N && m.arena_sets == sets && m.arena_B == d.B && m.arena_Nl == d.Nl) return;
   if (m.arena) m.backend->free(m.arena);
+  m.arena = nullptr;
   const size_t N = size_t(d.N), Nl = size_t(d.Nl);
   const size_t lse = size_t(d.B) * d.H * d.T;
-  const size_t per_set = N * (2 * size_t(d.C) + d.QKV + d.HD + d.FC + d.F) + Nl * (4 + size_t(d.C)) + lse;
+  const size_t small = Nl * (4 + size_t(d.C)) + lse;  // statistics, mid-block residual, lse
+  size_t large = 0, large_packed = 0;
+  for (const LargeAct& t : large_acts(d)) large += t.n, large_packed += packed_floats(t.n);
+  const size_t per_set = large + small;
+  // Packed: one fp32 working set (its small tensors unused: each layer's are in saved[l]) and the
+  // layers' packed sets; else `sets` fp32 sets. Packed only where that is smaller (from about
+  // three layers: the working set costs one fp32 set).
+  const size_t packed_floats_total = per_set + size_t(sets) * (large_packed + small);
+  const bool packed = m.pack && sets > 1 && packed_floats_total < size_t(sets) * per_set;
+  const size_t sets_floats = packed ? packed_floats_total : size_t(sets) * per_set;
   const size_t res = size_t(n_layer + 1) * Nl * d.C;
   const size_t head = N * d.C + 2 * Nl;
   const size_t grads = Nl * d.C + N * (size_t(d.C) + d.HD + d.QKV + d.FC + d.F) + (m.tp ? N * d.C : 0);
-  const size_t total = res + size_t(sets) * per_set + head + grads;
+  const size_t total = res + sets_floats + head + grads;
+  m.arena_floats = 0;
   m.arena = m.backend->alloc(total);
+  m.arena_floats = total;
   m.arena_rows = d.N;
   m.arena_sets = sets;
   m.arena_B = d.B;
@@ -436,21 +479,19 @@ void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   };
   m.res.assign(n_layer + 1, nullptr);
   for (auto& r : m.res) r = take(Nl * d.C);
-  m.acts.assign(sets, BlockActs{});
-  for (auto& a : m.acts) {
-    a.ln1 = take(N * d.C);
+  auto take_set = [&](BlockActs& a, bool pack_large) {
     a.mean1 = take(Nl);
     a.rstd1 = take(Nl);
-    a.qkv = take(N * d.QKV);
-    a.att = take(N * d.HD);
     a.lse = take(lse);
     a.mid = take(Nl * d.C);
-    a.ln2 = take(N * d.C);
     a.mean2 = take(Nl);
     a.rstd2 = take(Nl);
-    a.fc = take(N * d.FC);
-    a.act = take(N * d.F);
-  }
+    for (const LargeAct& t : large_acts(d)) a.*t.field = take(pack_large ? packed_floats(t.n) : t.n);
+  };
+  m.acts.assign(packed ? 1 : sets, BlockActs{});
+  for (auto& a : m.acts) take_set(a, false);
+  m.saved.assign(packed ? sets : 0, BlockActs{});
+  for (auto& a : m.saved) take_set(a, true);
   m.lnf = take(N * d.C);
   m.meanf = take(Nl);
   m.rstdf = take(Nl);
@@ -758,14 +799,37 @@ void check_inputs(const ModelConfig& c, const int32_t* tokens, int B, int T) {
   }
 }
 
+// The activations block l's forward writes and its backward reads when every block's are kept:
+// its own set, or (packed) the working set with block l's small tensors.
+BlockActs kept_acts(const Model::Impl& m, int l) {
+  if (m.saved.empty()) return m.acts[size_t(l)];
+  BlockActs a = m.acts[0];
+  const BlockActs& s = m.saved[size_t(l)];
+  a.mean1 = s.mean1, a.rstd1 = s.rstd1, a.lse = s.lse, a.mid = s.mid, a.mean2 = s.mean2, a.rstd2 = s.rstd2;
+  return a;
+}
+
+// Packed saved activations: the working set's large tensors to saved[l] (after block l's
+// forward), and back (before its backward).
+void pack_block(Model::Impl& m, Backend& be, const Dims& d, int l) {
+  for (const LargeAct& t : large_acts(d)) be.pack_bf16(m.saved[size_t(l)].*t.field, m.acts[0].*t.field, t.n);
+}
+void unpack_block(Model::Impl& m, Backend& be, const Dims& d, int l) {
+  for (const LargeAct& t : large_acts(d)) be.unpack_bf16(m.acts[0].*t.field, m.saved[size_t(l)].*t.field, t.n);
+}
+
 // Runs embedding and all blocks; leaves the final norm output (N,C) in impl.lnf.
-// keep_all: keep every block's activations (for a backward without recompute).
+// keep_all: keep every block's activations (for a backward without recompute); save: the
+// backward follows (packed saved activations are packed only then).
 void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params,
-                   const Dims& d, const int32_t* tokens, bool keep_all) {
+                   const Dims& d, const int32_t* tokens, bool keep_all, bool save) {
   ensure_arena(m, d, keep_all ? cfg.n_layer : 1, cfg.n_layer);
   embed_forward(m, be, d, params, tokens);
   for (int l = 0; l < cfg.n_layer; ++l) {
-    block_forward(m, be, d, cfg, m.view(params, l), m.acts[keep_all ? l : 0], m.res[l], m.res[l + 1]);
+    const bool kept = keep_all && save;
+    block_forward(m, be, d, cfg, m.view(params, l), kept ? kept_acts(m, l) : m.acts[keep_all && m.saved.empty() ? l : 0],
+                  m.res[l], m.res[l + 1]);
+    if (kept && !m.saved.empty()) pack_block(m, be, d, l);
   }
   norm_forward(m, be, d, cfg.norm_eps, m.lnf, m.meanf, m.rstdf, m.res[cfg.n_layer], params + m.lnf_w,
                Model::Impl::at(params, m.lnf_b));
@@ -783,7 +847,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   // sampling calls read each weight once, so they convert at the product and keep no copy.
   const FrozenWeights frozen(backend_, params_, num_params_);
   const bool keep_all = !cfg_.recompute;
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all, /*save=*/true);
 
   // Reports the next entry of grad_ready_order() to the hook, if one is set.
   size_t next_ready = 0;
@@ -812,7 +876,8 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const BlockParams p = m.view(params_, l);
     if (!keep_all) block_forward(m, backend_, d, cfg_, p, m.acts[0], m.res[l], m.res[l + 1]);
-    block_backward(m, backend_, d, cfg_, p, m.view(grads_, l), m.acts[keep_all ? l : 0], m.res[l]);
+    if (keep_all && !m.saved.empty()) unpack_block(m, backend_, d, l);
+    block_backward(m, backend_, d, cfg_, p, m.view(grads_, l), keep_all ? kept_acts(m, l) : m.acts[0], m.res[l]);
     grads_ready();  // block l
   }
   embed_backward(m, backend_, d, grads_, tokens);
@@ -825,7 +890,9 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
+  // (keep_all when the arena is sized so: it is reused as it is, not reallocated for one set)
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N,
+                /*save=*/false);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
   if (valid == 0) {
@@ -841,7 +908,7 @@ void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N, /*save=*/false);
   // The caller's logits may be host memory (a std::vector): where the backend cannot write that,
   // the logits go to a backend buffer first and are copied out.
   const size_t all = size_t(d.N) * d.V_full;

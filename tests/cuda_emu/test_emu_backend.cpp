@@ -458,6 +458,71 @@ TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (
   }
 }
 
+TEST_CASE("pack_bf16 / unpack_bf16: the cuda kernels and the host default agree bit for bit", "[backend]") {
+  // Random values, exact ties (rounded to even), NaN, infinities, signed zero, subnormals, and the
+  // largest float (rounds up to infinity); an odd count (the last float slot half used).
+  nuri::Backend& g = gpu();
+  Vec v = random_vec(1001, 51, -3.0f, 3.0f);
+  const uint32_t specials[] = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x7fc00000u, 0xffc00001u, 0x7f800000u,
+                               0xff800000u, 0x80000000u, 0x00000001u, 0x007fffffu, 0x7f7fffffu, 0x00000000u};
+  for (size_t i = 0; i < std::size(specials); ++i) std::memcpy(&v[i * 7], &specials[i], 4);
+  const size_t n = v.size(), packed = (n + 1) / 2;
+  Buf src(g, v), gpacked(g, packed), gback(g, n);
+  g.pack_bf16(gpacked.p, src.p, n);
+  g.unpack_bf16(gback.p, gpacked.p, n);
+  Vec hpacked(packed), hback(n);
+  cpu().pack_bf16(hpacked.data(), v.data(), n);
+  cpu().unpack_bf16(hback.data(), hpacked.data(), n);
+  const Vec gp = gpacked.get(), gb = gback.get();
+  CHECK(std::memcmp(gp.data(), hpacked.data(), n * 2) == 0);  // the packed halves in use
+  CHECK(std::memcmp(gb.data(), hback.data(), n * 4) == 0);
+  for (size_t i = 0; i < n; ++i) {  // and the values are v rounded to bf16 (the test helpers' rounding)
+    const float want = from_bf16(to_bf16(Vec{v[i]}))[0];
+    INFO("element " << i << ": " << v[i]);
+    if (std::isnan(want))
+      CHECK(std::isnan(hback[i]));
+    else
+      CHECK(std::memcmp(&hback[i], &want, 4) == 0);
+  }
+}
+
+TEST_CASE("emulated cuda backend: bf16 saved activations (the default there) lose nothing a matrix product reads",
+          "[backend][train]") {
+  // The cuda backend's products round their inputs to bf16 anyway, so storing the norm outputs,
+  // qkv, attention output and MLP activation in bf16 changes none of their uses; only the MLP's
+  // pre-activation, read by the GELU/SwiGLU backward in fp32, is rounded. So the loss is the same,
+  // the last block's MLP output weight gradient (dout^T act) is bit for bit the same, and the rest
+  // within bf16 rounding.
+  for (const std::string family : {"gpt2", "llama"}) {
+    nuri::ModelConfig cfg = tiny(family);
+    cfg.n_layer = 3;  // (packing pays from about three layers: it needs one fp32 working set)
+    nuri::Model packed(cfg, gpu());  // "auto"
+    cfg.saved_activations = "fp32";
+    nuri::Model plain(cfg, gpu());
+    CHECK(packed.packs_saved_activations());
+    CHECK_FALSE(plain.packs_saved_activations());
+    packed.init_weights(2);
+    plain.init_weights(2);
+    const int B = 1, T = 16;
+    std::vector<int32_t> x(size_t(B * T)), y(size_t(B * T));
+    for (int i = 0; i < B * T; ++i) x[size_t(i)] = int32_t((i * 5) % 61), y[size_t(i)] = int32_t((i * 11 + 2) % 61);
+    packed.zero_grads();
+    plain.zero_grads();
+    const float lp = packed.forward_backward(x.data(), y.data(), B, T);
+    const float lf = plain.forward_backward(x.data(), y.data(), B, T);
+    INFO(family);
+    CHECK(lp == lf);
+    const nuri::ParamTensor& last = plain.tensor("blocks.2.mlp.proj.weight");
+    size_t differ = 0;
+    for (size_t k = last.offset; k < last.offset + last.numel; ++k) differ += packed.grads()[k] != plain.grads()[k];
+    CHECK(differ == 0);
+    check_close_scaled(family + " gradients, bf16 against fp32 saved activations",
+                       Vec(packed.grads(), packed.grads() + packed.num_params()),
+                       Vec(plain.grads(), plain.grads() + plain.num_params()), 2e-2f);
+    CHECK(packed.activation_bytes() < plain.activation_bytes());
+  }
+}
+
 TEST_CASE("a training step through the cuda backend waits a handful of times, not once per op",
           "[backend][train]") {
   // Counted by the emulated runtime: host waits (every call that blocked while work was queued,

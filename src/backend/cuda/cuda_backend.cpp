@@ -191,6 +191,17 @@ class CudaBackend final : public Backend {
       wait("copy");
   }
 
+  // ---- storage ----
+  void pack_bf16(float* dst, const float* src, size_t n) override {
+    if (n) check(cast_f32_to_bf16(reinterpret_cast<bf16*>(dst), src, n, stream_), "pack_bf16");
+    finish("pack_bf16");
+  }
+  void unpack_bf16(float* dst, const float* src, size_t n) override {
+    if (n) check(cast_bf16_to_f32(dst, reinterpret_cast<const bf16*>(src), n, stream_), "unpack_bf16");
+    finish("unpack_bf16");
+  }
+  bool bf16_matmul_inputs() const override { return true; }
+
   // ---- dense algebra ----
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
             const float* B, int ldb, float beta, float* C, int ldc) override {

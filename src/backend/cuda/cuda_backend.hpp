@@ -8,7 +8,9 @@
 // bf16 tensor cores with fp32 accumulation: their inputs are rounded to bf16 on the way in (cast
 // kernels into device scratch; the weights once per freeze_weights, into a bf16 copy of 2 bytes
 // per parameter that stays allocated), their outputs are fp32. Everything else (norms,
-// activations, RoPE, softmax, cross-entropy, AdamW) is fp32.
+// activations, RoPE, softmax, cross-entropy, AdamW) is fp32. The activations a model keeps for
+// its backward are stored packed in bf16 (pack_bf16; bf16_matmul_inputs() is true, so the
+// model's saved_activations = "auto" chooses it).
 //
 // Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
 // (device_allocator.hpp), so the model's host-side reads and writes (initialisation, checkpoints,
