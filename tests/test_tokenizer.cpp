@@ -337,6 +337,14 @@ TEST_CASE("bpe: format round trips keep tokens, merges and hash") {
   CHECK(from_tiktoken.model().tokens == tiktoken.model().tokens);
   CHECK(from_tiktoken.hash() == tiktoken.hash());
   CHECK(from_tiktoken.encode(sample) == tiktoken.encode(sample));
+  // A rank beyond the file's lines is refused before anything is sized by it (found by
+  // fuzz_formats: a two-line file with rank 176554555 ran out of memory).
+  {
+    std::ofstream bad(dir / "huge_rank.tiktoken");
+    bad << "AA== 0\nAA== 176554555\n";
+  }
+  expect_error([&] { BpeTokenizer::from_tiktoken_file((dir / "huge_rank.tiktoken").string(), "o200k", {}); },
+               ErrorKind::data, {"huge_rank.tiktoken", "line 2", "rank 176554555", "no gaps"});
 
   tiktoken.save_hf_json((dir / "t.json").string());
   const BpeTokenizer tiktoken_hf = BpeTokenizer::from_hf_json((dir / "t.json").string());

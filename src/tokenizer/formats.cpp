@@ -249,6 +249,9 @@ BpeTokenizer BpeTokenizer::from_tiktoken_file(const std::string& path, const std
   const std::string text = bpe::read_file(path, op);
   std::vector<std::string> by_rank;
   std::vector<bool> filled;
+  // Ranks are 0..n-1 with n <= the lines: a larger rank is refused before anything is sized by it
+  // (a one-line file saying rank 2^30 must not allocate 2^30 entries).
+  const size_t max_lines = size_t(std::count(text.begin(), text.end(), '\n')) + 1;
   std::istringstream lines(text);
   std::string line, bytes;
   size_t line_no = 0;
@@ -275,6 +278,9 @@ BpeTokenizer BpeTokenizer::from_tiktoken_file(const std::string& path, const std
     NURI_CHECK(used == rank_text.size() && used > 0 && rank >= 0 && rank < (1LL << 31), data, op,
                "'" << path << "' line " << line_no << ": rank \"" << escaped(rank_text)
                    << "\" is not a non-negative integer");
+    NURI_CHECK(size_t(rank) < max_lines, data, op,
+               "'" << path << "' line " << line_no << ": rank " << rank << " but the file has only " << max_lines
+                   << " lines (ranks must be 0..n-1 with no gaps)");
     if (size_t(rank) >= by_rank.size()) {
       by_rank.resize(size_t(rank) + 1);
       filled.resize(size_t(rank) + 1, false);
