@@ -130,6 +130,9 @@ void fill(T* dev, size_t count, const std::vector<T>& pattern, size_t offset) {
     BENCH_CUDA(cudaMemcpy(dev + done, pattern.data() + start, n * sizeof(T), cudaMemcpyHostToDevice));
     done += n;
   }
+  // From pageable memory cudaMemcpy may return before the DMA lands, and the benchmark's stream
+  // is non-blocking (it does not wait for the legacy stream): finish the copies here.
+  BENCH_CUDA(cudaDeviceSynchronize());
 }
 
 // An even sample of the rows of a device (M,N) fp32 matrix with row stride ld: every step-th

