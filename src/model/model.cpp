@@ -13,6 +13,8 @@
 //     mid             (Nl,C)     residual after attention
 //     fc              (N,FC)     MLP pre-activation, FC = F (gpt2) or 2F (llama: [gate | up])
 //     act             (N,F)      GELU / SwiGLU output
+//   With saved_activations = bf16 (and three layers or more) the blocks write one fp32 working
+//   set, and ln1, qkv, att, ln2, fc and act are kept per block packed in bf16 (Impl::saved).
 //   head: lnf (N,C), meanf/rstdf (Nl)
 // Gradient scratch (one block at a time): dres (Nl,C), dln (N,C), datt (N,H*D), dqkv (N,QKV),
 // dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward and
