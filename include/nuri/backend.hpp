@@ -51,6 +51,13 @@ class Backend {
   virtual bool accepts_host_buffers() const { return true; }
   // The CUDA device this backend runs on; -1 for none (the CPU backend).
   virtual int device() const { return -1; }
+  // The free and total bytes of the device's own memory, where it has one (the cuda backend:
+  // cudaMemGetInfo); false where the backend uses the host's memory (the CPU backend).
+  virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) {
+    (void)free_bytes;
+    (void)total_bytes;
+    return false;
+  }
 
   // ---- memory (owned by the caller until free) ----
   virtual float* alloc(size_t count) = 0;  // count floats, zeroed, 64-byte aligned

@@ -18,6 +18,7 @@
 #include "backend/cuda/cuda_backend.hpp"
 #include "nuri/backend.hpp"
 #include "nuri/config.hpp"
+#include "nuri/error.hpp"
 #include "nuri/model.hpp"
 #include "nuri/train.hpp"
 
@@ -103,4 +104,22 @@ TEST_CASE("nuri::train through the emulated cuda backend follows the CPU run, st
   CHECK(std::sqrt(diff) <= 0.1 * std::sqrt(norm));
   fs::remove_all(fs::path(cpu.metrics_path).parent_path());
   fs::remove_all(fs::path(gpu.metrics_path).parent_path());
+}
+
+TEST_CASE("nuri::train refuses a run that cannot fit in the GPU's memory, before allocating it", "[backend][train]") {
+  // The emulated device reports 16 GiB free; about 10 billion parameters need far more (with
+  // their gradients, AdamW moments and bf16 copy). The check names the GPU and what to change.
+  auto emulated = [](int) { return nuri::cuda::make_cuda_backend(); };
+  const nuri::RunConfig huge = emu_run("huge", {"model.n_layer=48", "model.d_model=4096", "model.n_head=32",
+                                                "model.n_kv_head=32", "model.d_ff=16384"});
+  try {
+    nuri::train(huge, nullptr, emulated);
+    FAIL("a 10-billion-parameter run on a 16 GiB device was not refused");
+  } catch (const nuri::Error& e) {
+    INFO(e.what());
+    CHECK(e.kind() == nuri::ErrorKind::backend);
+    CHECK_THAT(e.what(), Catch::Contains("on GPU 0") && Catch::Contains("MiB are free") &&
+                             Catch::Contains("model.recompute"));
+  }
+  fs::remove_all(fs::path(huge.train.run_dir));
 }

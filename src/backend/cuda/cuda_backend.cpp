@@ -154,6 +154,10 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   bool accepts_host_buffers() const override { return false; }
   int device() const override { return device_; }
+  bool device_memory(size_t* free_bytes, size_t* total_bytes) override {
+    check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    return true;
+  }
   int threads() const override { return 1; }
   std::string describe() const override {
     std::ostringstream s;
