@@ -8,7 +8,9 @@
 // scores; only the causal half is computed, so against the FLOPs actually needed the MFU reads
 // higher (by about 7% for gpt2-124m at T = 1024 and 5% for llama-1b at T = 2048).
 //   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
-//              [--backend cpu|cuda] [--peak-tflops P]
+//              [--backend cpu|cuda] [--peak-tflops P] [--saved-activations auto|fp32|bf16]
+// It also prints the model's activation memory (Model::activation_bytes, and whether the saved
+// activations are bf16), and on a GPU the device memory in use after the steps.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -31,7 +33,7 @@ int main(int argc, char** argv) {
   std::string preset = "gpt2-tiny";
   int B = 8, T = 256, steps = 10, threads = 0, vocab = 0;
   bool recompute = false;
-  std::string backend_name = "cpu";
+  std::string backend_name = "cpu", saved = "auto";
   double peak_tflops = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
     else if (a == "--recompute") recompute = true;
     else if (a == "--backend") backend_name = next();
     else if (a == "--peak-tflops") peak_tflops = std::atof(next());
+    else if (a == "--saved-activations") saved = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   try {
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
     nuri::ModelConfig cfg = nuri::model_preset(preset);
     if (vocab > 0) cfg.vocab_size = vocab;
     cfg.recompute = recompute;
+    cfg.saved_activations = saved;
     const bool gpu = backend_name == "cuda";
     if (gpu && peak_tflops <= 0) {  // the data-sheet dense bf16 peak of the GPU in describe()
       const std::string d = backend->describe();
@@ -97,8 +101,17 @@ int main(int argc, char** argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     const double rss = double(ru.ru_maxrss) * 1024.0;
-    const double est = nuri::estimate_memory(cfg, B, T).total(recompute);
+    nuri::ModelConfig counted = cfg;  // "auto" as the model resolved it
+    counted.saved_activations = model.packs_saved_activations() ? "bf16" : "fp32";
+    const double est = nuri::estimate_memory(counted, B, T).total(recompute);
+    std::printf("activations: %.0f MiB (saved in %s)\n", double(model.activation_bytes()) / 1048576,
+                model.packs_saved_activations() ? "bf16" : "fp32");
     if (gpu) {
+      size_t free_b = 0, total_b = 0;
+      if (backend->device_memory(&free_b, &total_b))  // the caching allocators' pools included
+        std::printf("device memory in use: %.0f MiB of %.0f MiB (estimate %.0f MiB + bf16 weight copy %.0f MiB)\n",
+                    double(total_b - free_b) / 1048576, double(total_b) / 1048576, est / 1048576,
+                    2.0 * double(cfg.num_params()) / 1048576);
       std::printf("%s B=%d T=%d cuda%s: median step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% of the "
                   "%.0f TFLOP/s bf16 peak\n",
                   preset.c_str(), B, T, recompute ? " recompute" : "", median, tok_s, flops / 1e12,
