@@ -218,9 +218,13 @@ class Backend {
   // synchronize() (any backend whose memory the host can read); the cuda backend queues a kernel.
   virtual void pack_bf16(float* dst, const float* src, size_t n);
   virtual void unpack_bf16(float* dst, const float* src, size_t n);  // dst (n) from packed src
-  // True when the matrix products round their inputs to bf16 anyway (the cuda backend): storing
-  // those inputs in bf16 then changes nothing, so saved_activations = "auto" means bf16 here.
-  virtual bool bf16_matmul_inputs() const { return false; }
+  // True when the matrix products, and attention at head dim D, round their inputs to bf16
+  // anyway (the cuda backend, where its attention at D runs on bf16 tensor cores): storing those
+  // inputs in bf16 then changes none of their uses, so saved_activations = "auto" means bf16.
+  virtual bool bf16_matmul_inputs(int head_dim) const {
+    (void)head_dim;
+    return false;
+  }
 
   // ---- ordering ----
   // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may

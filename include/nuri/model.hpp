@@ -63,7 +63,8 @@ struct ModelConfig {
   // (the large ones packed to bf16 after each block's forward, widened before its backward: about
   // half the memory; the norms' statistics, the attention's log-sum-exp and the mid-block
   // residual stay fp32), or "auto": bf16 where the backend's matrix products round their inputs
-  // to bf16 anyway (Backend::bf16_matmul_inputs: the cuda backend), fp32 elsewhere. bf16 needs
+  // to bf16 anyway (Backend::bf16_matmul_inputs: the cuda backend with head dim 64 or 128, whose
+  // attention is bf16 too), fp32 elsewhere. bf16 needs
   // one fp32 working set besides, so it is used only where it is smaller (from about three
   // layers). A run setting.
   std::string saved_activations = "auto";

@@ -36,9 +36,13 @@ std::string gib(double bytes) {
 void dry_run(const RunConfig& cfg) {
   const ModelConfig& m = cfg.model;
   const TrainConfig& t = cfg.train;
-  // saved_activations = "auto" is bf16 on the cuda backend (Backend::bf16_matmul_inputs).
+  // saved_activations = "auto" is bf16 on the cuda backend (Backend::bf16_matmul_inputs) for the
+  // head dims its bf16 attention takes (64 and 128).
   ModelConfig counted = m;
-  if (counted.saved_activations == "auto") counted.saved_activations = cfg.backend == "cuda" ? "bf16" : "fp32";
+  if (counted.saved_activations == "auto") {
+    const int D = counted.head_dim();
+    counted.saved_activations = cfg.backend == "cuda" && (D == 64 || D == 128) ? "bf16" : "fp32";
+  }
   const MemoryEstimate e = estimate_memory(counted, t.batch_size, t.seq_len);
   std::printf("model        %s (%s family): %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, "
               "max_seq_len %d, %s embeddings\n",

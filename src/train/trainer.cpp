@@ -260,7 +260,7 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
     // Tensor parallelism splits the parameter state about tp ways (norms and biases are replicated);
     // activations are counted whole (an upper bound: the TP-split ones shrink too).
     ModelConfig counted = cfg.model;  // saved_activations "auto" as the Model will resolve it
-    if (counted.saved_activations == "auto") counted.saved_activations = backend->bf16_matmul_inputs() ? "bf16" : "fp32";
+    if (counted.saved_activations == "auto") counted.saved_activations = backend->bf16_matmul_inputs(counted.head_dim()) ? "bf16" : "fp32";
     const MemoryEstimate estimate = estimate_memory(counted, tc.batch_size, tc.seq_len);
     const double adam_saved = pc.zero1 && dp_size > 1 ? estimate.adam_bytes * (1.0 - 1.0 / dp_size) : 0.0;
     const double state = estimate.params_bytes + estimate.grads_bytes + estimate.adam_bytes - adam_saved;
@@ -268,10 +268,15 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
     size_t device_free = 0, device_total = 0;
     if (backend->device_memory(&device_free, &device_total)) {
       // A GPU of its own per rank: its memory is what must hold the run, with the cuda backend's
-      // bf16 copy of this rank's weights (Backend::freeze_weights).
+      // bf16 copy of this rank's weights (Backend::freeze_weights). Refused only when even a lower
+      // bound does not fit: under TP the activations are counted whole above, and here as if all
+      // were split tp ways (most are), so a TP run the estimate says may fit is not refused.
       need_mib += 2.0 * double(cfg.model.num_params()) / tp_size / 1048576.0;
-      NURI_CHECK(need_mib * 1048576.0 < double(device_free), backend, "train",
-                 "this run needs about " << std::lround(need_mib) << " MiB on GPU " << backend->device()
+      const double activations =
+          cfg.model.recompute ? estimate.activations_recompute_bytes : estimate.activations_bytes;
+      const double at_least_mib = need_mib - activations * (1.0 - 1.0 / tp_size) / 1048576.0;
+      NURI_CHECK(at_least_mib * 1048576.0 < double(device_free), backend, "train",
+                 "this run needs at least " << std::lround(at_least_mib) << " MiB on GPU " << backend->device()
                                          << " (nuri train --dry-run shows the parts) but only "
                                          << std::lround(double(device_free) / 1048576.0) << " MiB of its "
                                          << std::lround(double(device_total) / 1048576.0)

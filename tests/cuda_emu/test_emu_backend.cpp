@@ -501,6 +501,11 @@ TEST_CASE("emulated cuda backend: bf16 saved activations (the default there) los
     nuri::Model plain(cfg, gpu());
     CHECK(packed.packs_saved_activations());
     CHECK_FALSE(plain.packs_saved_activations());
+    // Head dim 32 runs the fp32 attention kernels, which would read qkv rounded: "auto" keeps fp32.
+    nuri::ModelConfig narrow = tiny(family);
+    narrow.n_head = 4;
+    narrow.n_kv_head = family == "gpt2" ? 4 : 2;
+    CHECK_FALSE(nuri::Model(narrow, gpu()).packs_saved_activations());
     packed.init_weights(2);
     plain.init_weights(2);
     const int B = 1, T = 16;

@@ -155,6 +155,7 @@ class CudaBackend final : public Backend {
   bool accepts_host_buffers() const override { return false; }
   int device() const override { return device_; }
   bool device_memory(size_t* free_bytes, size_t* total_bytes) override {
+    check(cudaSetDevice(device_), "cudaSetDevice");  // cudaMemGetInfo reports the current device
     check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
     return true;
   }
@@ -204,7 +205,9 @@ class CudaBackend final : public Backend {
     if (n) check(cast_bf16_to_f32(dst, reinterpret_cast<const bf16*>(src), n, stream_), "unpack_bf16");
     finish("unpack_bf16");
   }
-  bool bf16_matmul_inputs() const override { return true; }
+  // (With the fp32 attention kernels, qkv rounded to bf16 would move the scores the backward
+  // recomputes against the forward's log-sum-exp: then "auto" keeps fp32.)
+  bool bf16_matmul_inputs(int head_dim) const override { return use_bf16_attention(head_dim); }
 
   // ---- dense algebra ----
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -554,7 +557,7 @@ class CudaBackend final : public Backend {
       check(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming), op);
     }
     if (s.count < size_t(N)) {
-      check(cudaFreeHost(s.host), op);
+      if (s.host) check(cudaFreeHost(s.host), op);
       s.host = nullptr;
       s.count = 0;
       void* p = nullptr;
