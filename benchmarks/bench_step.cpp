@@ -101,9 +101,8 @@ int main(int argc, char** argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     const double rss = double(ru.ru_maxrss) * 1024.0;
-    nuri::ModelConfig counted = cfg;  // "auto" as the model resolved it
-    counted.saved_activations = model.packs_saved_activations() ? "bf16" : "fp32";
-    const double est = nuri::estimate_memory(counted, B, T).total(recompute);
+    const double est =
+        nuri::estimate_memory(cfg, B, T, backend->bf16_matmul_inputs(cfg.head_dim())).total(recompute);
     std::printf("activations: %.0f MiB (saved in %s)\n", double(model.activation_bytes()) / 1048576,
                 model.packs_saved_activations() ? "bf16" : "fp32");
     if (gpu) {

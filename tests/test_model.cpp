@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
 #include "nuri/backend.hpp"
 #include "nuri/error.hpp"
@@ -97,6 +98,17 @@ void check_model_gradients(nuri::ModelConfig cfg) {
   }
 }
 
+// Gives b a's weights (randomized from seed) and runs one zeroed micro-batch through both;
+// returns their losses.
+std::pair<float, float> same_step(nuri::Model& a, nuri::Model& b, const Batch& batch, uint64_t seed) {
+  randomize(a, seed);
+  std::memcpy(b.params(), a.params(), a.num_params() * sizeof(float));
+  a.zero_grads();
+  b.zero_grads();
+  return {a.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T),
+          b.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T)};
+}
+
 }  // namespace
 
 TEST_CASE("gradients of a whole gpt2 model match finite differences") {
@@ -114,13 +126,7 @@ TEST_CASE("recompute gives the same loss and gradients") {
     nuri::Model a(cfg, *be);
     cfg.recompute = true;
     nuri::Model b(cfg, *be);
-    randomize(a, 3);
-    std::memcpy(b.params(), a.params(), a.num_params() * sizeof(float));
-    Batch batch(cfg.vocab_size, 8);
-    a.zero_grads();
-    b.zero_grads();
-    const float la = a.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T);
-    const float lb = b.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T);
+    const auto [la, lb] = same_step(a, b, Batch(cfg.vocab_size, 8), 3);
     CHECK(la == lb);
     size_t differ = 0;
     for (size_t i = 0; i < a.num_params(); ++i) differ += a.grads()[i] != b.grads()[i];
@@ -140,13 +146,8 @@ TEST_CASE("bf16 saved activations: same loss, gradients within bf16 rounding, ab
     nuri::Model b(cfg, *be);
     CHECK_FALSE(a.packs_saved_activations());
     CHECK(b.packs_saved_activations());
-    randomize(a, 4);
-    std::memcpy(b.params(), a.params(), a.num_params() * sizeof(float));
-    Batch batch(cfg.vocab_size, 9);
-    a.zero_grads();
-    b.zero_grads();
-    const float la = a.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T);
-    const float lb = b.forward_backward(batch.x.data(), batch.y.data(), batch.B, batch.T);
+    const Batch batch(cfg.vocab_size, 9);
+    const auto [la, lb] = same_step(a, b, batch, 4);
     CHECK(la == lb);
     size_t differ = 0;
     for (const auto& t : a.tensors()) {

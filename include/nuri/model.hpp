@@ -70,6 +70,11 @@ struct ModelConfig {
   std::string saved_activations = "auto";
 
   int head_dim() const { return d_model / n_head; }  // D = d_model / n_head
+  // saved_activations resolved: bf16 for "bf16", and for "auto" on a backend whose products round
+  // their inputs to bf16 anyway (Backend::bf16_matmul_inputs(head_dim())).
+  bool saves_bf16(bool bf16_matmul_inputs) const {
+    return saved_activations == "bf16" || (saved_activations == "auto" && bf16_matmul_inputs);
+  }
   // Throws Error(shape) naming the first inconsistency (e.g. n_head not dividing d_model).
   void validate() const;
   // Parameter count; with_positions=false leaves out the learned position table (for FLOPs).
@@ -99,7 +104,9 @@ struct MemoryEstimate {
   }
 };
 // Analytic estimate for one micro-batch of B sequences of T tokens on one device, fp32.
-MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T);
+// bf16_matmul_inputs: the backend's Backend::bf16_matmul_inputs(head_dim()), which saved_activations
+// = "auto" follows (ModelConfig::saves_bf16).
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, bool bf16_matmul_inputs = false);
 
 // Under tensor parallelism a rank holds a slice of a tensor: runs of rows (dimension 0) or of
 // columns (dimension 1, a matrix) of the full tensor. A piece maps `length` local indices from

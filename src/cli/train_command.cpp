@@ -36,14 +36,11 @@ std::string gib(double bytes) {
 void dry_run(const RunConfig& cfg) {
   const ModelConfig& m = cfg.model;
   const TrainConfig& t = cfg.train;
-  // saved_activations = "auto" is bf16 on the cuda backend (Backend::bf16_matmul_inputs) for the
-  // head dims its bf16 attention takes (64 and 128).
-  ModelConfig counted = m;
-  if (counted.saved_activations == "auto") {
-    const int D = counted.head_dim();
-    counted.saved_activations = cfg.backend == "cuda" && (D == 64 || D == 128) ? "bf16" : "fp32";
-  }
-  const MemoryEstimate e = estimate_memory(counted, t.batch_size, t.seq_len);
+  // No backend is made here: Backend::bf16_matmul_inputs as the cuda backend answers it (true for
+  // the head dims its bf16 attention takes, 64 and 128), which saved_activations = "auto" follows.
+  const int D = m.head_dim();
+  const bool bf16_inputs = cfg.backend == "cuda" && (D == 64 || D == 128);
+  const MemoryEstimate e = estimate_memory(m, t.batch_size, t.seq_len, bf16_inputs);
   std::printf("model        %s (%s family): %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, "
               "max_seq_len %d, %s embeddings\n",
               m.preset.c_str(), m.family.c_str(), m.n_layer, m.d_model, m.n_head, m.n_kv_head,
@@ -56,7 +53,7 @@ void dry_run(const RunConfig& cfg) {
   std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
   std::printf("  activations         %s (with model.recompute: %s)%s\n", gib(e.activations_bytes).c_str(),
               gib(e.activations_recompute_bytes).c_str(),
-              counted.saved_activations == "bf16" ? "  [saved activations in bf16]" : "");
+              m.saves_bf16(bf16_inputs) ? "  [saved activations in bf16]" : "");
   std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
               gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
   if (cfg.backend == "cuda") {

@@ -316,8 +316,7 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
   impl_->kv_shared = split.kv_replicas > 1;
   impl_->kv_slot = split.kv_head0;
   impl_->kv_slots = cfg_.n_kv_head;
-  impl_->pack = cfg_.saved_activations == "bf16" ||
-                (cfg_.saved_activations == "auto" && backend.bf16_matmul_inputs(cfg_.head_dim()));
+  impl_->pack = cfg_.saves_bf16(backend.bf16_matmul_inputs(cfg_.head_dim()));
 
   tensors_ = parameter_layout(cfg_, tp_size_, tp_rank_);
   auto offset_of = [&](const std::string& name) {

@@ -259,9 +259,8 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
     // ZeRO-1 keeps 1/dp of the AdamW moments on each rank.
     // Tensor parallelism splits the parameter state about tp ways (norms and biases are replicated);
     // activations are counted whole (an upper bound: the TP-split ones shrink too).
-    ModelConfig counted = cfg.model;  // saved_activations "auto" as the Model will resolve it
-    if (counted.saved_activations == "auto") counted.saved_activations = backend->bf16_matmul_inputs(counted.head_dim()) ? "bf16" : "fp32";
-    const MemoryEstimate estimate = estimate_memory(counted, tc.batch_size, tc.seq_len);
+    const MemoryEstimate estimate = estimate_memory(cfg.model, tc.batch_size, tc.seq_len,
+                                                    backend->bf16_matmul_inputs(cfg.model.head_dim()));
     const double adam_saved = pc.zero1 && dp_size > 1 ? estimate.adam_bytes * (1.0 - 1.0 / dp_size) : 0.0;
     const double state = estimate.params_bytes + estimate.grads_bytes + estimate.adam_bytes - adam_saved;
     need_mib = (estimate.total(cfg.model.recompute) - adam_saved - state * (1.0 - 1.0 / tp_size)) / 1048576.0;
