@@ -7,8 +7,12 @@
 //                            (0 for ignored rows, t_n < 0)
 //   cross_entropy_fused:     lse_n = m_n + log s_n;  losses[n] = lse_n - l[n, t_n]  (0 if t_n < 0)
 //                            scale != 0: l[n,v] = scale e^{l[n,v] - lse_n} - scale [v == t_n]
+//   cross_entropy_fused_bf16: the same loss, and that gradient rounded to bf16 into a separate
+//                            (N, V) array, the logits untouched: the LM head's backward products
+//                            read bf16, so this saves an fp32 write, a re-read and a cast launch.
 // Layout: logits row-major (N, V) (a slice of V vocabulary ids); targets, lse, row_max, row_sum,
-// target_logit, losses (N). fp32 throughout, expf/logf.
+// target_logit, losses (N). fp32 throughout (the bf16 gradient rounded once, to nearest even),
+// expf/logf.
 // Launch: one block per row, grid N; about V/8 threads rounded up to a warp, between 32 and 1024
 // (V = 1000: 128; V >= 7937: 1024, i.e. ~49 logits per thread for V = 50257, ~125 for 128256), so
 // short rows do not hold idle warps. Threads stride over the row (coalesced). No dynamic shared
@@ -146,28 +150,46 @@ __global__ void cross_entropy_partial_backward_kernel(float* logits, const float
   }
 }
 
-__global__ void cross_entropy_fused_kernel(float* logits, float* losses, const int32_t* targets,
-                                           int V, float scale) {
-  const size_t row = blockIdx.x;
-  float* l = logits + row * size_t(V);  // (V)
-  const int32_t t = targets[row];  // the same for the whole block: no divergent barrier below
-  if (t < 0) {
-    if (threadIdx.x == 0) losses[row] = 0.0f;
+namespace {
+// The fused kernels' body for one row: the loss, then with scale != 0 the gradient into grad (V),
+// which is the row itself (fp32, in place) or a bf16 row of its own. Every thread reads l[v]
+// before it writes grad[v], and only its own v's.
+template <typename G>
+__device__ inline void fused_row(const float* l, G* grad, float* loss, int32_t t, int V,
+                                 float scale) {
+  if (t < 0) {  // the same for the whole block: no divergent barrier below
+    if (threadIdx.x == 0) *loss = 0.0f;
     if (scale != 0.0f)
-      for (int v = int(threadIdx.x); v < V; v += int(blockDim.x)) l[v] = 0.0f;
+      for (int v = int(threadIdx.x); v < V; v += int(blockDim.x)) grad[v] = from_float<G>(0.0f);
     return;
   }
   // Read before the second pass overwrites the row (the reduction's barriers order the two).
   const float target = t < V ? l[t] : NAN;
   const MaxSum r = row_max_sum(l, V);
   const float lse = r.m + logf(r.s);
-  if (threadIdx.x == 0) losses[row] = lse - target;
+  if (threadIdx.x == 0) *loss = lse - target;
   if (scale == 0.0f) return;
   for (int v = int(threadIdx.x); v < V; v += int(blockDim.x)) {
     float g = scale * expf(l[v] - lse);
     if (v == t) g -= scale;
-    l[v] = g;
+    grad[v] = from_float<G>(g);
   }
+}
+}  // namespace
+
+__global__ void cross_entropy_fused_kernel(float* logits, float* losses, const int32_t* targets,
+                                           int V, float scale) {
+  const size_t row = blockIdx.x;
+  float* l = logits + row * size_t(V);  // (V)
+  fused_row(l, l, losses + row, targets[row], V, scale);
+}
+
+__global__ void cross_entropy_fused_bf16_kernel(__nv_bfloat16* grad, float* losses,
+                                                const float* logits, const int32_t* targets,
+                                                int V, float scale) {
+  const size_t row = blockIdx.x;
+  fused_row(logits + row * size_t(V), grad + row * size_t(V), losses + row, targets[row], V,
+            scale);
 }
 
 cudaError_t cross_entropy_partial(float* row_max, float* row_sum, float* target_logit,
@@ -202,6 +224,18 @@ cudaError_t cross_entropy_fused(float* logits, float* losses, const int32_t* tar
   if (!logits || !losses || !targets) return cudaErrorInvalidValue;
   NURI_LAUNCH(cross_entropy_fused_kernel, unsigned(N), row_threads(V), 0, stream, logits, losses,
               targets, V, scale);
+  return cudaGetLastError();
+}
+
+cudaError_t cross_entropy_fused_bf16(__nv_bfloat16* grad, float* losses, const float* logits,
+                                     const int32_t* targets, int N, int V, float scale,
+                                     cudaStream_t stream) {
+  NURI_NVTX_RANGE("cross_entropy_fused_bf16");
+  if (N < 0 || V <= 0 || scale == 0.0f) return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+  if (!grad || !losses || !logits || !targets) return cudaErrorInvalidValue;
+  NURI_LAUNCH(cross_entropy_fused_bf16_kernel, unsigned(N), row_threads(V), 0, stream, grad,
+              losses, logits, targets, V, scale);
   return cudaGetLastError();
 }
 

@@ -13,6 +13,9 @@ __global__ void cross_entropy_partial_backward_kernel(float* logits, const float
                                                       int vocab_start, float scale);
 __global__ void cross_entropy_fused_kernel(float* logits, float* losses, const int32_t* targets,
                                            int V, float scale);
+__global__ void cross_entropy_fused_bf16_kernel(__nv_bfloat16* grad, float* losses,
+                                                const float* logits, const int32_t* targets,
+                                                int V, float scale);
 
 // Backend::cross_entropy_partial. logits (N,V) hold full vocabulary ids
 // [vocab_start, vocab_start + V); targets (N) are full ids (< 0: ignored).
@@ -37,5 +40,12 @@ cudaError_t cross_entropy_partial_backward(float* logits, const float* lse,
 // scale softmax. N >= 0, V > 0 (else InvalidValue).
 cudaError_t cross_entropy_fused(float* logits, float* losses, const int32_t* targets, int N, int V,
                                 float scale, cudaStream_t stream);
+// cross_entropy_fused's loss and gradient with the gradient rounded to bf16 (to nearest even) into
+// grad (N,V), which must not overlap the logits; the logits are only read. The bits equal
+// cross_entropy_fused followed by cast_f32_to_bf16, in one pass. scale != 0, N >= 0, V > 0 (else
+// InvalidValue).
+cudaError_t cross_entropy_fused_bf16(__nv_bfloat16* grad, float* losses, const float* logits,
+                                     const int32_t* targets, int N, int V, float scale,
+                                     cudaStream_t stream);
 
 }  // namespace nuri::cuda

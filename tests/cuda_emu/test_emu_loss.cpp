@@ -6,6 +6,7 @@
 //   cross_entropy_fused                 losses vs. lse - target logit from the CPU's
 //                                       cross_entropy_partial (lse = max + log sum), the gradient vs.
 //                                       Backend::cross_entropy_partial_backward with that lse;
+//   cross_entropy_fused_bf16            bit for bit: cross_entropy_fused then cast_f32_to_bf16;
 //   sum_squares                         vs. Backend::sum_squares (double) within 1e-12 relative;
 //   add, scale                          bitwise (one fp32 operation per element);
 //   bias_grad                           vs. the dbias of Backend::linear_backward (IC = 1).
@@ -24,6 +25,7 @@
 
 #include "add.cuh"
 #include "bias_grad.cuh"
+#include "cast.cuh"
 #include "cross_entropy.cuh"
 #include "scale.cuh"
 #include "sum_squares.cuh"
@@ -153,6 +155,17 @@ void check_fused(int N, int V, uint32_t seed, bool twice) {
   check_equal("cross_entropy_fused loss with and without the gradient", loss, loss_fwd);
   check_close("cross_entropy_fused gradient", grad, grad_want, 1e-5f, 1e-7f);
 
+  // The gradient straight into bf16: the loss as above, the bits of the fp32 gradient rounded by
+  // cast_f32_to_bf16, the logits only read.
+  std::vector<__nv_bfloat16> g16(size_t(N) * V), g16_want(size_t(N) * V);
+  REQUIRE(cu::cast_f32_to_bf16(g16_want.data(), grad.data(), grad.size(), kStream) == cudaSuccess);
+  Vec read = logits, loss16(N, -7.0f);
+  REQUIRE(cu::cross_entropy_fused_bf16(g16.data(), loss16.data(), read.data(), t.data(), N, V, scale,
+                                       kStream) == cudaSuccess);
+  check_equal("cross_entropy_fused_bf16 loss", loss16, loss);
+  check_equal("cross_entropy_fused_bf16 leaves the logits", read, logits);
+  CHECK(std::memcmp(g16.data(), g16_want.data(), g16.size() * sizeof(__nv_bfloat16)) == 0);
+
   if (twice) {
     Vec grad2 = logits, loss2(N);
     REQUIRE(cu::cross_entropy_fused(grad2.data(), loss2.data(), t.data(), N, V, scale, kStream) ==
@@ -212,6 +225,11 @@ TEST_CASE("cross_entropy_fused (loss and in-place gradient, ignored targets)", "
   CHECK(cu::cross_entropy_fused(&f, &f, &t, 1, 0, 1.0f, kStream) == cudaErrorInvalidValue);
   CHECK(cu::cross_entropy_fused(&f, &f, &t, -1, 1, 1.0f, kStream) == cudaErrorInvalidValue);
   CHECK(cu::cross_entropy_fused(nullptr, nullptr, nullptr, 0, 1, 1.0f, kStream) == cudaSuccess);
+  __nv_bfloat16 h{};
+  CHECK(cu::cross_entropy_fused_bf16(&h, &f, &f, &t, 1, 0, 1.0f, kStream) == cudaErrorInvalidValue);
+  CHECK(cu::cross_entropy_fused_bf16(&h, &f, &f, &t, 1, 1, 0.0f, kStream) == cudaErrorInvalidValue);
+  CHECK(cu::cross_entropy_fused_bf16(nullptr, &f, &f, &t, 1, 1, 1.0f, kStream) == cudaErrorInvalidValue);
+  CHECK(cu::cross_entropy_fused_bf16(nullptr, nullptr, nullptr, nullptr, 0, 1, 1.0f, kStream) == cudaSuccess);
 }
 
 TEST_CASE("sum_squares (double, deterministic)", "[sum_squares]") {

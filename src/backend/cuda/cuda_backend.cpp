@@ -382,8 +382,8 @@ class CudaBackend final : public Backend {
 
   // ---- loss ----
   // Rows in chunks, as on the CPU (backend.hpp): logits (rows,V) = x W^T by the bf16 GEMM, then one
-  // fused kernel per chunk writes the row losses and, with dx, overwrites the logits with
-  // grad_scale (softmax - onehot); dx = dlogits W and dW += dlogits^T x by the bf16 GEMM.
+  // fused kernel per chunk writes the row losses and, with dx, dlogits = grad_scale (softmax -
+  // onehot) in bf16; dx = dlogits W and dW += dlogits^T x by the bf16 GEMM.
   double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const float* weight,
                                const int32_t* targets, int N, int C, int V, float grad_scale) override {
     NURI_CHECK(N >= 0 && C > 0 && V > 0, shape, "lm_head_cross_entropy",
@@ -406,10 +406,14 @@ class CudaBackend final : public Backend {
       const bf16* xc = xall + size_t(n0) * C;
       matmul("lm_head_cross_entropy logits", false, true, rows, V, C, 1.0f, xc, C, w, C, 0.0f, logits, V,
              nullptr, GemmEpilogue::none, nullptr);
-      check(cross_entropy_fused(logits, losses + n0, tgt + n0, rows, V, dx ? grad_scale : 0.0f, stream_),
-            "lm_head_cross_entropy: cross_entropy_fused");
-      if (dx) {
-        const bf16* g = to_bf16(kBf16C, logits, rows, V, V);
+      if (!dx) {
+        check(cross_entropy_fused(logits, losses + n0, tgt + n0, rows, V, 0.0f, stream_),
+              "lm_head_cross_entropy: cross_entropy_fused");
+      } else {
+        // The loss, and the logits' gradient straight into bf16 for the two products below.
+        bf16* g = scratch<bf16>(kBf16C, size_t(rows) * V);
+        check(cross_entropy_fused_bf16(g, losses + n0, logits, tgt + n0, rows, V, grad_scale, stream_),
+              "lm_head_cross_entropy: cross_entropy_fused_bf16");
         // dx_c (rows,C) = dlogits (rows,V) W (V,C)
         matmul("lm_head_cross_entropy dx", false, false, rows, C, V, 1.0f, g, V, w, C, 0.0f, dx + size_t(n0) * C,
                C, nullptr, GemmEpilogue::none, nullptr);
