@@ -102,15 +102,15 @@ int main(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &ru);
     const double rss = double(ru.ru_maxrss) * 1024.0;
     const double est =
-        nuri::estimate_memory(cfg, B, T, backend->bf16_matmul_inputs(cfg.head_dim())).total(recompute);
+        nuri::estimate_memory(cfg, B, T, nuri::memory_facts(*backend, cfg)).total(recompute);
     std::printf("activations: %.0f MiB (saved in %s)\n", double(model.activation_bytes()) / 1048576,
                 model.packs_saved_activations() ? "bf16" : "fp32");
     if (gpu) {
       size_t free_b = 0, total_b = 0;
       if (backend->device_memory(&free_b, &total_b))  // the caching allocators' pools included
-        std::printf("device memory in use: %.0f MiB of %.0f MiB (estimate %.0f MiB + bf16 weight copy %.0f MiB)\n",
-                    double(total_b - free_b) / 1048576, double(total_b) / 1048576, est / 1048576,
-                    2.0 * double(cfg.num_params()) / 1048576);
+        std::printf("device memory in use: %.0f MiB of %.0f MiB (estimate %.0f MiB, its bf16 weight copy "
+                    "included)\n",
+                    double(total_b - free_b) / 1048576, double(total_b) / 1048576, est / 1048576);
       std::printf("%s B=%d T=%d cuda%s: median step %.4f s, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% of the "
                   "%.0f TFLOP/s bf16 peak\n",
                   preset.c_str(), B, T, recompute ? " recompute" : "", median, tok_s, flops / 1e12,

@@ -172,6 +172,11 @@ TEST_CASE("bf16 saved activations: same loss, gradients within bf16 rounding, ab
     fp.saved_activations = "fp32";
     CHECK(nuri::estimate_memory(cfg, batch.B, batch.T).activations_bytes <
           nuri::estimate_memory(fp, batch.B, batch.T).activations_bytes);
+    // The CPU backend converts no weights: no copy is counted.
+    const nuri::BackendMemoryFacts facts = nuri::memory_facts(*be, cfg);
+    CHECK_FALSE(facts.bf16_matmul_inputs);
+    CHECK(facts.frozen_weight_bytes == 0);
+    CHECK(nuri::estimate_memory(cfg, batch.B, batch.T, facts).weight_copy_bytes == 0.0);
   }
   nuri::ModelConfig bad = tiny("gpt2");
   bad.saved_activations = "fp16";

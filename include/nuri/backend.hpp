@@ -210,6 +210,9 @@ class Backend {
     (void)count;
   }
   virtual void unfreeze_weights() {}  // ends one freeze
+  // Bytes per parameter a freeze keeps while frozen (the cuda backend: 2, its bf16 copy, whose
+  // scratch also stays allocated for the next freeze); 0 where freezing converts nothing.
+  virtual int frozen_weight_bytes() const { return 0; }
 
   // ---- storage ----
   // Saved activations in bf16 (ModelConfig::saved_activations): dst holds the n values of src

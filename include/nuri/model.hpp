@@ -97,16 +97,25 @@ struct MemoryEstimate {
   double adam_bytes = 0;                              // both AdamW moments, fp32
   double activations_bytes = 0;                       // without recompute (fp32 saved_activations unless "bf16")
   double activations_recompute_bytes = 0;             // with recompute
+  double weight_copy_bytes = 0;  // the backend's converted weights (cuda: bf16, 2 bytes per parameter)
   // The sum, with the activations of recompute on or off.
   double total(bool recompute) const {
-    return params_bytes + grads_bytes + adam_bytes +
+    return params_bytes + grads_bytes + adam_bytes + weight_copy_bytes +
            (recompute ? activations_recompute_bytes : activations_bytes);
   }
 };
-// Analytic estimate for one micro-batch of B sequences of T tokens on one device, fp32.
-// bf16_matmul_inputs: the backend's Backend::bf16_matmul_inputs(head_dim()), which saved_activations
-// = "auto" follows (ModelConfig::saves_bf16).
-MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, bool bf16_matmul_inputs = false);
+// What estimate_memory needs to know of the backend that will run the model (memory_facts).
+struct BackendMemoryFacts {
+  bool bf16_matmul_inputs = false;  // Backend::bf16_matmul_inputs(head_dim()): "auto" saves bf16
+  int frozen_weight_bytes = 0;      // Backend::frozen_weight_bytes(): its weight copy, per parameter
+};
+// The facts of `backend` for a model of `cfg`.
+BackendMemoryFacts memory_facts(const Backend& backend, const ModelConfig& cfg);
+// Analytic estimate for one micro-batch of B sequences of T tokens on one device, fp32 state. The
+// default facts are the CPU backend's; saved_activations = "auto" follows
+// facts.bf16_matmul_inputs (ModelConfig::saves_bf16).
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T,
+                               const BackendMemoryFacts& facts = {});
 
 // Under tensor parallelism a rank holds a slice of a tensor: runs of rows (dimension 0) or of
 // columns (dimension 1, a matrix) of the full tensor. A piece maps `length` local indices from

@@ -36,11 +36,13 @@ std::string gib(double bytes) {
 void dry_run(const RunConfig& cfg) {
   const ModelConfig& m = cfg.model;
   const TrainConfig& t = cfg.train;
-  // No backend is made here: Backend::bf16_matmul_inputs as the cuda backend answers it (true for
-  // the head dims its bf16 attention takes, 64 and 128), which saved_activations = "auto" follows.
+  // No backend is made here (there may be no GPU): the cuda backend's facts as it would answer them,
+  // its bf16 attention at head dims 64 and 128 (which saved_activations = "auto" follows) and its
+  // bf16 weight copy (docs/cuda.md, Memory); the CPU backend's are the defaults.
   const int D = m.head_dim();
-  const bool bf16_inputs = cfg.backend == "cuda" && (D == 64 || D == 128);
-  const MemoryEstimate e = estimate_memory(m, t.batch_size, t.seq_len, bf16_inputs);
+  BackendMemoryFacts facts;
+  if (cfg.backend == "cuda") facts = {D == 64 || D == 128, 2};
+  const MemoryEstimate e = estimate_memory(m, t.batch_size, t.seq_len, facts);
   std::printf("model        %s (%s family): %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, "
               "max_seq_len %d, %s embeddings\n",
               m.preset.c_str(), m.family.c_str(), m.n_layer, m.d_model, m.n_head, m.n_kv_head,
@@ -53,15 +55,12 @@ void dry_run(const RunConfig& cfg) {
   std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
   std::printf("  activations         %s (with model.recompute: %s)%s\n", gib(e.activations_bytes).c_str(),
               gib(e.activations_recompute_bytes).c_str(),
-              m.saves_bf16(bf16_inputs) ? "  [saved activations in bf16]" : "");
+              m.saves_bf16(facts.bf16_matmul_inputs) ? "  [saved activations in bf16]" : "");
+  if (e.weight_copy_bytes > 0)
+    std::printf("  bf16 weight copy    %s (backend = \"%s\": its matrix products read it)\n",
+                gib(e.weight_copy_bytes).c_str(), cfg.backend.c_str());
   std::printf("  total               %s (with model.recompute: %s)%s\n", gib(e.total(false)).c_str(),
               gib(e.total(true)).c_str(), m.recompute ? "  [recompute is on]" : "");
-  if (cfg.backend == "cuda") {
-    // The cuda backend's bf16 copy of the weights for its matrix products (docs/cuda.md, Memory).
-    const double copy = 2.0 * double(m.num_params());
-    std::printf("  bf16 weight copy    %s (backend = \"cuda\"; total with it: %s, with model.recompute: %s)\n",
-                gib(copy).c_str(), gib(e.total(false) + copy).c_str(), gib(e.total(true) + copy).c_str());
-  }
   const ParallelConfig& p = cfg.parallel;
   if (p.tp > 1) {
     // The split each TP rank would hold (or why the model cannot be split so).

@@ -114,7 +114,11 @@ double ModelConfig::train_flops_per_token(int seq_len) const {
   return 6.0 * double(num_params(false)) + 12.0 * n_layer * double(seq_len) * d_model;
 }
 
-MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, bool bf16_matmul_inputs) {
+BackendMemoryFacts memory_facts(const Backend& backend, const ModelConfig& cfg) {
+  return {backend.bf16_matmul_inputs(cfg.head_dim()), backend.frozen_weight_bytes()};
+}
+
+MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, const BackendMemoryFacts& facts) {
   const double N = double(B) * T, C = cfg.d_model, F = cfg.d_ff, D = cfg.head_dim();
   const double QKV = (cfg.n_head + 2.0 * cfg.n_kv_head) * D, HD = cfg.n_head * D;
   const double fc = cfg.family == "gpt2" ? F : 2 * F;
@@ -123,6 +127,7 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, bool bf16_m
   m.params_bytes = f * double(cfg.num_params());
   m.grads_bytes = m.params_bytes;
   m.adam_bytes = 2 * m.params_bytes;
+  m.weight_copy_bytes = double(facts.frozen_weight_bytes) * double(cfg.num_params());
   // One block's saved activations: two norm outputs and statistics, qkv, attention output and
   // its log-sum-exp, the mid-block residual, the MLP pre-activation and activation.
   const double block = N * (2 * C + 4 + QKV + HD + C + fc + F) + double(B) * cfg.n_head * T;
@@ -135,7 +140,7 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, bool bf16_m
   // saved_activations = "bf16": one fp32 working block, and every block's large tensors (norm
   // outputs, qkv, attention output, MLP pre-activation and activation) at half the bytes.
   const double large = N * (2 * C + QKV + HD + fc + F);
-  const double saved = cfg.saves_bf16(bf16_matmul_inputs)
+  const double saved = cfg.saves_bf16(facts.bf16_matmul_inputs)
                            ? std::min(cfg.n_layer * block, block + cfg.n_layer * (block - large / 2))
                            : cfg.n_layer * block;
   m.activations_bytes = f * (residuals + saved + grad_scratch + head);

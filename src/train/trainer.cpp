@@ -259,18 +259,18 @@ TrainResult train(const RunConfig& cfg, std::shared_ptr<Communicator> world,
     // ZeRO-1 keeps 1/dp of the AdamW moments on each rank.
     // Tensor parallelism splits the parameter state about tp ways (norms and biases are replicated);
     // activations are counted whole (an upper bound: the TP-split ones shrink too).
-    const MemoryEstimate estimate = estimate_memory(cfg.model, tc.batch_size, tc.seq_len,
-                                                    backend->bf16_matmul_inputs(cfg.model.head_dim()));
+    const MemoryEstimate estimate =
+        estimate_memory(cfg.model, tc.batch_size, tc.seq_len, memory_facts(*backend, cfg.model));
     const double adam_saved = pc.zero1 && dp_size > 1 ? estimate.adam_bytes * (1.0 - 1.0 / dp_size) : 0.0;
-    const double state = estimate.params_bytes + estimate.grads_bytes + estimate.adam_bytes - adam_saved;
+    const double state = estimate.params_bytes + estimate.grads_bytes + estimate.adam_bytes +
+                         estimate.weight_copy_bytes - adam_saved;
     need_mib = (estimate.total(cfg.model.recompute) - adam_saved - state * (1.0 - 1.0 / tp_size)) / 1048576.0;
     size_t device_free = 0, device_total = 0;
     if (backend->device_memory(&device_free, &device_total)) {
-      // A GPU of its own per rank: its memory is what must hold the run, with the cuda backend's
-      // bf16 copy of this rank's weights (Backend::freeze_weights). Refused only when even a lower
-      // bound does not fit: under TP the activations are counted whole above, and here as if all
-      // were split tp ways (most are), so a TP run the estimate says may fit is not refused.
-      need_mib += 2.0 * double(cfg.model.num_params()) / tp_size / 1048576.0;
+      // A GPU of its own per rank: its memory is what must hold the run (the cuda backend's bf16
+      // copy of this rank's weights included). Refused only when even a lower bound does not fit:
+      // under TP the activations are counted whole above, and here as if all were split tp ways
+      // (most are), so a TP run the estimate says may fit is not refused.
       const double activations =
           cfg.model.recompute ? estimate.activations_recompute_bytes : estimate.activations_bytes;
       const double at_least_mib = need_mib - activations * (1.0 - 1.0 / tp_size) / 1048576.0;

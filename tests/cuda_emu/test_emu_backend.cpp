@@ -120,6 +120,25 @@ TEST_CASE("emulated cuda backend: frozen weights are cast once and never go stal
   g.unfreeze_weights();
 }
 
+TEST_CASE("emulated cuda backend: the memory estimate counts its bf16 weight copy and bf16 saved activations",
+          "[backend]") {
+  nuri::ModelConfig cfg = nuri::model_preset("gpt2-tiny");
+  REQUIRE(cfg.head_dim() == 64);  // the bf16 attention's head dim
+  const nuri::BackendMemoryFacts facts = nuri::memory_facts(gpu(), cfg);
+  CHECK(facts.bf16_matmul_inputs);
+  CHECK(facts.frozen_weight_bytes == 2);
+  const nuri::MemoryEstimate on_gpu = nuri::estimate_memory(cfg, 4, 64, facts);
+  const nuri::MemoryEstimate on_cpu = nuri::estimate_memory(cfg, 4, 64, nuri::memory_facts(cpu(), cfg));
+  CHECK(on_gpu.weight_copy_bytes == 2.0 * double(cfg.num_params()));
+  CHECK(on_cpu.weight_copy_bytes == 0.0);
+  CHECK(on_gpu.activations_bytes < on_cpu.activations_bytes);  // "auto" saves bf16 here only
+  CHECK(on_gpu.total(true) - on_cpu.total(true) == on_gpu.weight_copy_bytes);  // recompute saves no set
+  // A head dim the bf16 attention does not take keeps fp32 saved activations; the copy stays.
+  cfg.n_head = 8;  // D = 48
+  CHECK_FALSE(nuri::memory_facts(gpu(), cfg).bf16_matmul_inputs);
+  CHECK(nuri::memory_facts(gpu(), cfg).frozen_weight_bytes == 2);
+}
+
 TEST_CASE("emulated cuda backend: frozen weights skip their cast, nest, and serve only dense operands inside the range",
           "[backend]") {
   nuri::Backend& g = gpu();

@@ -145,6 +145,7 @@ class CudaBackend final : public Backend {
     }
     frozen_depth_ = 1;
   }
+  int frozen_weight_bytes() const override { return int(sizeof(bf16)); }
   void unfreeze_weights() override {
     if (frozen_depth_ > 0 && --frozen_depth_ > 0) return;
     frozen_ = nullptr;
