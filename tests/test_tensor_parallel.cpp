@@ -321,16 +321,18 @@ TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][mo
     const char* family;
     int kv, d_ff;
     bool tied, recompute;
-    const char* saved = "fp32";  // saved_activations
+    const char* saved = "fp32";  // activation_dtype
   };
   // llama: 2 kv heads, so at tp 4 each is replicated over 2 ranks; d_ff = 26 and vocab 37 give
-  // uneven slices; the untied gpt2 has its own vocab-parallel LM head. The last variant keeps its
-  // activations in bf16: each rank packs its slices, which round as the whole tensor does, up to
-  // values the two reduction orders put on either side of a bf16 rounding boundary.
+  // uneven slices; the untied gpt2 has its own vocab-parallel LM head. The last two variants hold
+  // their activations in bf16 (the second with recompute): each rank rounds its slices as the
+  // whole tensor rounds, up to values the two reduction orders put on either side of a bf16
+  // rounding boundary.
   const Variant variants[] = {{"gpt2", 4, 30, true, false},
                               {"gpt2", 4, 30, false, true},
                               {"llama", 2, 26, true, false},
-                              {"llama", 2, 26, false, false, "bf16"}};
+                              {"llama", 2, 26, false, false, "bf16"},
+                              {"gpt2", 4, 30, true, true, "bf16"}};
   for (int tp : tp_sizes(w->size())) {
     nuri::ProcessGrid grid(w, tp);
     for (const Variant& v : variants) {
@@ -345,15 +347,15 @@ TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][mo
         cfg.max_seq_len = 8;
         cfg.tied_embeddings = v.tied;
         cfg.recompute = v.recompute;
-        cfg.saved_activations = v.saved;
-        if (std::string(v.saved) == "bf16") cfg.n_layer = 4;  // (packing pays from about three layers)
+        cfg.activation_dtype = v.saved;
+        if (std::string(v.saved) == "bf16") cfg.n_layer = 4;
         INFO("tp " << tp << " rank " << grid.tp_rank() << " " << v.family << " tied " << v.tied << " sp " << sp);
         nuri::Model ref(cfg, *be);
         ref.init_weights(7);
         nuri::Model m(cfg, *be, {nuri::make_tensor_parallel_ops(grid.tp_ptr()), sp});
         m.init_weights(7);
         CHECK(m.tp_size() == tp);
-        CHECK(m.packs_saved_activations() == (std::string(v.saved) == "bf16"));
+        CHECK(m.bf16_activations() == (std::string(v.saved) == "bf16"));
         const std::vector<float> full = nuri::gather_full_parameters(m);
         REQUIRE(full.size() == ref.num_params());
         CHECK(std::equal(full.begin(), full.end(), ref.params()));  // the same draws, sliced

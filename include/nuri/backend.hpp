@@ -2,7 +2,8 @@
 // \file
 // The Backend interface: memory and the op set every model is built from.
 //
-// All tensors are fp32, row-major, given as raw pointers plus sizes. Shapes are in the comments:
+// Tensors are fp32, row-major, given as raw pointers plus sizes; a block's large activations may
+// also be held in bf16 (bf16_t, the "bf16 activations" ops). Shapes are in the comments:
 // N = rows (B*T), C = channels, V = vocab, H = query heads, KV = key/value heads, D = head dim.
 // Conventions shared by every op:
 //   - parameter gradients (dweight, dbias, ...) are ACCUMULATED (+=), so micro-batches add up;
@@ -12,6 +13,7 @@
 // Ops are not thread-safe with respect to one another on the same backend object.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +27,27 @@ namespace nuri {
 // max(16, min(N, kLmHeadChunkFloats / V))): 128 MB in fp32. Larger chunks make the LM-head GEMMs
 // faster (at V = 50257, 667-row chunks ran the gpt2-124m step 4-5% faster than 166-row ones).
 inline constexpr size_t kLmHeadChunkFloats = size_t(32) << 20;
+
+// bf16 storage: the upper 16 bits of an fp32 value (8 exponent bits, 7 mantissa bits). Plain
+// data of 2 bytes, the layout of CUDA's __nv_bfloat16; what the "bf16 activations" ops hold.
+struct bf16_t {
+  uint16_t bits;
+};
+// x rounded to bf16: to nearest, ties to even; NaN stays a (quiet) NaN, infinities stay.
+inline bf16_t bf16_round(float x) {
+  uint32_t u;
+  static_assert(sizeof u == sizeof x, "fp32 is 32 bits");
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40u)};
+  return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+// The fp32 value of x (exact).
+inline float bf16_widen(bf16_t x) {
+  const uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 // One tensor (or part of one) of a fused AdamW update (Backend::adamw_update_segments).
 struct AdamwSegment {
@@ -214,20 +237,52 @@ class Backend {
   // scratch also stays allocated for the next freeze); 0 where freezing converts nothing.
   virtual int frozen_weight_bytes() const { return 0; }
 
-  // ---- storage ----
-  // Saved activations in bf16 (ModelConfig::saved_activations): dst holds the n values of src
-  // rounded to bf16 (to nearest even, NaN kept), packed two per float slot: ceil(n / 2) floats.
-  // unpack_bf16 widens them back into n floats. dst and src do not overlap. The default converts on the host after
-  // synchronize() (any backend whose memory the host can read); the cuda backend queues a kernel.
-  virtual void pack_bf16(float* dst, const float* src, size_t n);
-  virtual void unpack_bf16(float* dst, const float* src, size_t n);  // dst (n) from packed src
+  // ---- bf16 activations ----
+  // dst (n) = src rounded to bf16 (bf16_round); to_fp32 widens back. dst and src do not overlap.
+  // bf16 buffers live in this backend's memory: a float buffer from alloc() holds two bf16 values
+  // per float. The default converts on the host after synchronize() (a backend whose memory the
+  // host can read); the cuda backend queues a kernel.
+  virtual void to_bf16(bf16_t* dst, const float* src, size_t n);
+  virtual void to_fp32(float* dst, const bf16_t* src, size_t n);
   // True when the matrix products, and attention at head dim D, round their inputs to bf16
-  // anyway (the cuda backend, where its attention at D runs on bf16 tensor cores): storing those
-  // inputs in bf16 then changes none of their uses, so saved_activations = "auto" means bf16.
+  // anyway (the cuda backend, where its attention at D runs on bf16 tensor cores): holding those
+  // inputs in bf16 then changes none of their uses, so activation_dtype = "auto" means bf16.
   virtual bool bf16_matmul_inputs(int head_dim) const {
     (void)head_dim;
     return false;
   }
+  // The ops a block's large activations pass through (norm outputs, qkv, the attention output,
+  // the MLP pre-activation and activation) with those tensors in bf16, which a model uses where
+  // its activations are bf16 (ModelConfig::bf16_activations): half the bytes to keep and to move. Each
+  // computes what the fp32 op of the same name computes from the widened bf16 inputs, and rounds
+  // its bf16 outputs once (bf16_round); the fp32 arguments (statistics, log-sum-exp, weights,
+  // gradients, the residual stream) mean what they mean there. The defaults do exactly that: widen
+  // into temporaries, run the fp32 op, round (any backend; host temporaries where
+  // accepts_host_buffers(), else alloc()); the cuda backend reads and writes bf16 directly.
+  virtual void layernorm_forward(bf16_t* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int N, int C, float eps);
+  virtual void rmsnorm_forward(bf16_t* out, float* rstd, const float* inp, const float* weight,
+                               int N, int C, float eps);
+  // out (N,OC) bf16 = inp (N,IC) @ weight (OC,IC)^T + bias [bias may be null]; no accumulate.
+  virtual void linear_forward(bf16_t* out, const bf16_t* inp, const float* weight,
+                              const float* bias, int N, int IC, int OC);
+  // out (N,OC) fp32 (+= when accumulate) from a bf16 inp: the row-parallel products.
+  virtual void linear_forward(float* out, const bf16_t* inp, const float* weight, const float* bias,
+                              int N, int IC, int OC, bool accumulate);
+  virtual void linear_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp,
+                                   const float* weight, const float* bias, int N, int IC, int OC);
+  virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const bf16_t* inp, const float* weight, int N, int IC, int OC);
+  virtual void gelu_backward(float* dinp, const bf16_t* inp, const float* dout, size_t n);
+  virtual void swiglu_forward(bf16_t* out, const bf16_t* inp, int N, int F);
+  virtual void swiglu_backward(float* dinp, const bf16_t* inp, const float* dout, int N, int F);
+  // The forward rotation, in place on bf16 x (the backward rotates fp32 gradients: rope above).
+  virtual void rope(bf16_t* x, int B, int T, int nh, int D, int row_stride, float theta);
+  virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int H,
+                                 int KV, int D);
+  virtual void attention_backward(float* dqkv, const float* dout, const bf16_t* qkv,
+                                  const bf16_t* out, const float* lse, int B, int T, int H, int KV,
+                                  int D);
 
   // ---- ordering ----
   // Ops may be asynchronous (the cuda backend queues them on a stream and returns): the host may

@@ -59,21 +59,20 @@ struct ModelConfig {
   float norm_eps = 1e-5f;            // epsilon of LayerNorm / RMSNorm
   float rope_theta = 10000.0f;       // RoPE base (llama)
   bool recompute = false;  // keep only each block's input; recompute the block in backward
-  // How the blocks' activations are kept for the backward (without recompute): "fp32", "bf16"
-  // (the large ones packed to bf16 after each block's forward, widened before its backward: about
-  // half the memory; the norms' statistics, the attention's log-sum-exp and the mid-block
-  // residual stay fp32), or "auto": bf16 where the backend's matrix products round their inputs
-  // to bf16 anyway (Backend::bf16_matmul_inputs: the cuda backend with head dim 64 or 128, whose
-  // attention is bf16 too), fp32 elsewhere. bf16 needs
-  // one fp32 working set besides, so it is used only where it is smaller (from about three
-  // layers). A run setting.
-  std::string saved_activations = "auto";
+  // The type of the blocks' large activations (the norm outputs, qkv, the attention output, the
+  // MLP pre-activation and activation), between the ops and as kept for the backward: "fp32",
+  // "bf16" (half their memory and bytes moved; the norms' statistics, the attention's
+  // log-sum-exp, the residual stream and all gradients stay fp32), or "auto": bf16 where the
+  // backend's matrix products round their inputs to bf16 anyway (Backend::bf16_matmul_inputs:
+  // the cuda backend with head dim 64 or 128, whose attention is bf16 too), fp32 elsewhere.
+  // A run setting.
+  std::string activation_dtype = "auto";
 
   int head_dim() const { return d_model / n_head; }  // D = d_model / n_head
-  // saved_activations resolved: bf16 for "bf16", and for "auto" on a backend whose products round
+  // activation_dtype resolved: true for "bf16", and for "auto" on a backend whose products round
   // their inputs to bf16 anyway (Backend::bf16_matmul_inputs(head_dim())).
-  bool saves_bf16(bool bf16_matmul_inputs) const {
-    return saved_activations == "bf16" || (saved_activations == "auto" && bf16_matmul_inputs);
+  bool bf16_activations(bool bf16_matmul_inputs) const {
+    return activation_dtype == "bf16" || (activation_dtype == "auto" && bf16_matmul_inputs);
   }
   // Throws Error(shape) naming the first inconsistency (e.g. n_head not dividing d_model).
   void validate() const;
@@ -95,7 +94,7 @@ struct MemoryEstimate {
   double params_bytes = 0;                            // parameters, fp32
   double grads_bytes = 0;                             // gradients, fp32
   double adam_bytes = 0;                              // both AdamW moments, fp32
-  double activations_bytes = 0;                       // without recompute (fp32 saved_activations unless "bf16")
+  double activations_bytes = 0;                       // without recompute (bf16 ones as BackendMemoryFacts say)
   double activations_recompute_bytes = 0;             // with recompute
   double weight_copy_bytes = 0;  // the backend's converted weights (cuda: bf16, 2 bytes per parameter)
   // The sum, with the activations of recompute on or off.
@@ -112,8 +111,8 @@ struct BackendMemoryFacts {
 // The facts of `backend` for a model of `cfg`.
 BackendMemoryFacts memory_facts(const Backend& backend, const ModelConfig& cfg);
 // Analytic estimate for one micro-batch of B sequences of T tokens on one device, fp32 state. The
-// default facts are the CPU backend's; saved_activations = "auto" follows
-// facts.bf16_matmul_inputs (ModelConfig::saves_bf16).
+// default facts are the CPU backend's; activation_dtype = "auto" follows
+// facts.bf16_matmul_inputs (ModelConfig::bf16_activations).
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T,
                                const BackendMemoryFacts& facts = {});
 
@@ -272,8 +271,9 @@ class Model : public Trainable {
   void zero_grads() override;                                // grads() = 0
   // Bytes of backend memory held for activations (sized by the last call; 0 before the first).
   size_t activation_bytes() const;
-  // Whether the blocks' activations are kept in bf16 (ModelConfig::saved_activations, resolved).
-  bool packs_saved_activations() const;
+  // Whether the blocks' large activations are bf16, between the ops and for the backward
+  // (ModelConfig::activation_dtype, resolved for this model's backend: bf16_activations).
+  bool bf16_activations() const;
 
   // Training micro-batch: tokens, targets (B,T), targets < 0 ignored. Runs the forward and the
   // backward, ACCUMULATING grad_scale * d(mean loss)/d(params) into grads(). Returns the mean

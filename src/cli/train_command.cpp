@@ -37,7 +37,7 @@ void dry_run(const RunConfig& cfg) {
   const ModelConfig& m = cfg.model;
   const TrainConfig& t = cfg.train;
   // No backend is made here (there may be no GPU): the cuda backend's facts as it would answer them,
-  // its bf16 attention at head dims 64 and 128 (which saved_activations = "auto" follows) and its
+  // its bf16 attention at head dims 64 and 128 (which activation_dtype = "auto" follows) and its
   // bf16 weight copy (docs/cuda.md, Memory); the CPU backend's are the defaults.
   const int D = m.head_dim();
   BackendMemoryFacts facts;
@@ -55,7 +55,7 @@ void dry_run(const RunConfig& cfg) {
   std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
   std::printf("  activations         %s (with model.recompute: %s)%s\n", gib(e.activations_bytes).c_str(),
               gib(e.activations_recompute_bytes).c_str(),
-              m.saves_bf16(facts.bf16_matmul_inputs) ? "  [saved activations in bf16]" : "");
+              m.bf16_activations(facts.bf16_matmul_inputs) ? "  [saved activations in bf16]" : "");
   if (e.weight_copy_bytes > 0)
     std::printf("  bf16 weight copy    %s (backend = \"%s\": its matrix products read it)\n",
                 gib(e.weight_copy_bytes).c_str(), cfg.backend.c_str());

@@ -13,8 +13,9 @@
 //     mid             (Nl,C)     residual after attention
 //     fc              (N,FC)     MLP pre-activation, FC = F (gpt2) or 2F (llama: [gate | up])
 //     act             (N,F)      GELU / SwiGLU output
-//   With saved_activations = bf16 (and three layers or more) the blocks write one fp32 working
-//   set, and ln1, qkv, att, ln2, fc and act are kept per block packed in bf16 (Impl::saved).
+//   Where the activations are bf16 (ModelConfig::bf16_activations) ln1, qkv, att, ln2, fc and act are
+//   bf16 (bf16_t) between the ops and for the backward (Backend's bf16 activation ops); the
+//   statistics, lse and mid stay fp32, as do the residual stream and every gradient.
 //   head: lnf (N,C), meanf/rstdf (Nl)
 // Gradient scratch (one block at a time): dres (Nl,C), dln (N,C), datt (N,H*D), dqkv (N,QKV),
 // dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward and
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <type_traits>
 
 #include "backend/lm_head.hpp"  // lm_head_chunk_rows
 #include "nuri/backend.hpp"
@@ -42,8 +44,12 @@ struct BlockParams {
       *mlp_proj_b;
 };
 
+// One block's activations (the top of this file). A = float, or bf16_t where the model's
+// activations are bf16: the large tensors are A, the statistics, lse and mid fp32.
+template <class A>
 struct BlockActs {
-  float *ln1, *mean1, *rstd1, *qkv, *att, *lse, *mid, *ln2, *mean2, *rstd2, *fc, *act;
+  A *ln1, *qkv, *att, *ln2, *fc, *act;
+  float *mean1, *rstd1, *lse, *mid, *mean2, *rstd2;
 };
 
 // The model's collectives run on backend memory that MPI reads and writes from the host, so each
@@ -95,14 +101,11 @@ struct Model::Impl {
   int arena_rows = 0, arena_sets = 0, arena_B = 0, arena_Nl = 0;  // what the arena was sized for
   size_t arena_floats = 0;
   std::vector<float*> res;
-  std::vector<BlockActs> acts;
-  // saved_activations = bf16 (resolved at construction): the forward of block l writes the fp32
-  // working set acts[0], whose large tensors are then packed into saved[l] (bf16, two per float)
-  // and widened back before the block's backward; saved[l]'s small tensors (norm statistics,
-  // log-sum-exp, mid-block residual) are fp32 and written in place by the forward. saved is
-  // empty when the arena keeps fp32 sets (pack off, recompute, or too few layers to gain).
-  bool pack = false;
-  std::vector<BlockActs> saved;
+  // The blocks' activation sets: one per block when the backward follows without recompute,
+  // else one; fp32 (acts) or, where the activations are bf16 (resolved at construction), acts16.
+  bool bf16 = false;
+  std::vector<BlockActs<float>> acts;
+  std::vector<BlockActs<bf16_t>> acts16;
   float *lnf = nullptr, *meanf = nullptr, *rstdf = nullptr;
   float *dres = nullptr, *dln = nullptr, *datt = nullptr, *dqkv = nullptr, *dfc = nullptr,
         *dact = nullptr;
@@ -316,7 +319,7 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
   impl_->kv_shared = split.kv_replicas > 1;
   impl_->kv_slot = split.kv_head0;
   impl_->kv_slots = cfg_.n_kv_head;
-  impl_->pack = cfg_.saves_bf16(backend.bf16_matmul_inputs(cfg_.head_dim()));
+  impl_->bf16 = cfg_.bf16_activations(backend.bf16_matmul_inputs(cfg_.head_dim()));
 
   tensors_ = parameter_layout(cfg_, tp_size_, tp_rank_);
   auto offset_of = [&](const std::string& name) {
@@ -371,7 +374,7 @@ Model::Model(const ModelConfig& cfg, Backend& backend, TensorParallelOptions tp)
 void Model::set_grad_ready_hook(GradReadyHook hook) { grad_ready_hook_ = std::move(hook); }
 
 size_t Model::activation_bytes() const { return impl_->arena_floats * sizeof(float); }
-bool Model::packs_saved_activations() const { return impl_->pack; }
+bool Model::bf16_activations() const { return impl_->bf16; }
 
 Model::~Model() {
   impl_.reset();
@@ -428,84 +431,86 @@ struct Dims {
   bool gpt2;
 };
 
-// The large tensors of a block's activations (those saved_activations = bf16 packs), with their
-// element counts.
-struct LargeAct {
-  float* BlockActs::*field;
-  size_t n;
+// Carves the arena: hands out consecutive pieces of `base`, each starting 64 bytes after a
+// multiple of 64 (alloc's alignment), which the vector loads and the libraries (cuBLASLt, cuDNN)
+// want of every operand. With a null base it only counts, for the size to allocate.
+class Carver {
+ public:
+  explicit Carver(float* base) : base_(base) {}
+  // n values of T (fp32, or bf16: two per float).
+  template <class T = float>
+  T* take(size_t n) {
+    const size_t floats = std::is_same_v<T, float> ? n : (n + 1) / 2;
+    const size_t at = used_;
+    used_ += (floats + 15) / 16 * 16;
+    return base_ ? reinterpret_cast<T*>(base_ + at) : nullptr;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  float* base_;
+  size_t used_ = 0;
 };
-std::array<LargeAct, 6> large_acts(const Dims& d) {
-  const size_t N = size_t(d.N);
-  return {{{&BlockActs::ln1, N * d.C},
-           {&BlockActs::qkv, N * d.QKV},
-           {&BlockActs::att, N * d.HD},
-           {&BlockActs::ln2, N * d.C},
-           {&BlockActs::fc, N * d.FC},
-           {&BlockActs::act, N * d.F}}};
+
+// Sets `sets` activation sets, their large tensors in A.
+template <class A>
+void take_sets(std::vector<BlockActs<A>>& out, int sets, const Dims& d, Carver& c) {
+  const size_t N = size_t(d.N), Nl = size_t(d.Nl);
+  out.assign(size_t(sets), BlockActs<A>{});
+  for (BlockActs<A>& a : out) {
+    a.mean1 = c.take(Nl);
+    a.rstd1 = c.take(Nl);
+    a.lse = c.take(size_t(d.B) * d.H * d.T);
+    a.mid = c.take(Nl * d.C);
+    a.mean2 = c.take(Nl);
+    a.rstd2 = c.take(Nl);
+    a.ln1 = c.take<A>(N * d.C);
+    a.qkv = c.take<A>(N * d.QKV);
+    a.att = c.take<A>(N * d.HD);
+    a.ln2 = c.take<A>(N * d.C);
+    a.fc = c.take<A>(N * d.FC);
+    a.act = c.take<A>(N * d.F);
+  }
 }
-size_t packed_floats(size_t n) { return (n + 1) / 2; }  // bf16, two per float
+
+// Points every activation of `m` into c's arena (or only counts, with a null base).
+void lay_out_arena(Model::Impl& m, const Dims& d, int sets, int n_layer, Carver& c) {
+  const size_t N = size_t(d.N), Nl = size_t(d.Nl);
+  m.res.assign(n_layer + 1, nullptr);
+  for (auto& r : m.res) r = c.take(Nl * d.C);
+  m.acts.clear();
+  m.acts16.clear();
+  if (m.bf16)
+    take_sets(m.acts16, sets, d, c);
+  else
+    take_sets(m.acts, sets, d, c);
+  m.lnf = c.take(N * d.C);
+  m.meanf = c.take(Nl);
+  m.rstdf = c.take(Nl);
+  m.dres = c.take(Nl * d.C);
+  m.dln = c.take(N * d.C);
+  m.datt = c.take(N * d.HD);
+  m.dqkv = c.take(N * d.QKV);
+  m.dfc = c.take(N * d.FC);
+  m.dact = c.take(N * d.F);
+  m.full = m.tp ? c.take(N * d.C) : nullptr;
+}
 
 void ensure_arena(Model::Impl& m, const Dims& d, int sets, int n_layer) {
   if (m.arena && m.arena_rows == d.N && m.arena_sets == sets && m.arena_B == d.B && m.arena_Nl == d.Nl) return;
   if (m.arena) m.backend->free(m.arena);
   m.arena = nullptr;
-  const size_t N = size_t(d.N), Nl = size_t(d.Nl);
-  const size_t lse = size_t(d.B) * d.H * d.T;
-  const size_t small = Nl * (4 + size_t(d.C)) + lse;  // statistics, mid-block residual, lse
-  size_t large = 0, large_packed = 0;
-  for (const LargeAct& t : large_acts(d)) large += t.n, large_packed += packed_floats(t.n);
-  const size_t per_set = large + small;
-  // Packed: one fp32 working set (its small tensors unused: each layer's are in saved[l]) and the
-  // layers' packed sets; else `sets` fp32 sets. Packed only where that is smaller (from about
-  // three layers: the working set costs one fp32 set).
-  const size_t packed_floats_total = per_set + size_t(sets) * (large_packed + small);
-  const bool packed = m.pack && sets > 1 && packed_floats_total < size_t(sets) * per_set;
-  const size_t sets_floats = packed ? packed_floats_total : size_t(sets) * per_set;
-  const size_t res = size_t(n_layer + 1) * Nl * d.C;
-  const size_t head = N * d.C + 2 * Nl;
-  const size_t grads = Nl * d.C + N * (size_t(d.C) + d.HD + d.QKV + d.FC + d.F) + (m.tp ? N * d.C : 0);
-  const size_t total = res + sets_floats + head + grads;
   m.arena_floats = 0;
-  m.arena = m.backend->alloc(total);
-  m.arena_floats = total;
+  Carver count(nullptr);
+  lay_out_arena(m, d, sets, n_layer, count);
+  m.arena = m.backend->alloc(count.used());
+  m.arena_floats = count.used();
   m.arena_rows = d.N;
   m.arena_sets = sets;
   m.arena_B = d.B;
   m.arena_Nl = d.Nl;
-  float* p = m.arena;
-  auto take = [&](size_t n) {
-    float* q = p;
-    p += n;
-    return q;
-  };
-  m.res.assign(n_layer + 1, nullptr);
-  for (auto& r : m.res) r = take(Nl * d.C);
-  auto take_set = [&](BlockActs& a, bool pack_large) {
-    a.mean1 = take(Nl);
-    a.rstd1 = take(Nl);
-    a.lse = take(lse);
-    a.mid = take(Nl * d.C);
-    a.mean2 = take(Nl);
-    a.rstd2 = take(Nl);
-    for (const LargeAct& t : large_acts(d)) a.*t.field = take(pack_large ? packed_floats(t.n) : t.n);
-  };
-  m.acts.assign(packed ? 1 : sets, BlockActs{});
-  for (auto& a : m.acts) take_set(a, false);
-  m.saved.assign(packed ? sets : 0, BlockActs{});
-  for (auto& a : m.saved) take_set(a, true);
-  m.lnf = take(N * d.C);
-  m.meanf = take(Nl);
-  m.rstdf = take(Nl);
-  m.dres = take(Nl * d.C);
-  m.dln = take(N * d.C);
-  m.datt = take(N * d.HD);
-  m.dqkv = take(N * d.QKV);
-  m.dfc = take(N * d.FC);
-  m.dact = take(N * d.F);
-  m.full = m.tp ? take(N * d.C) : nullptr;
-  if (size_t(p - m.arena) != total) {
-    NURI_THROW(internal, "Model", "activation arena accounting is off by " << (p - m.arena) - total);
-  }
+  Carver carve(m.arena);
+  lay_out_arena(m, d, sets, n_layer, carve);
 }
 
 // ---- tensor-parallel pieces (each is the plain single-process computation when m.tp is null) ----
@@ -548,16 +553,27 @@ void partial_end(Model::Impl& m, const std::vector<Region>& regions, int slot, i
 }
 
 // out (N,C) = norm of this rank's residual rows inp (Nl,C); under SP each rank normalizes its
-// rows into its slot of out and all-gathers, so out is the full (N,C) on every rank.
-void norm_forward(Model::Impl& m, Backend& be, const Dims& d, float eps, float* out, float* mean,
+// rows into its slot of out and all-gathers, so out is the full (N,C) on every rank. A bf16 out
+// under SP: the rows are normalized and gathered in fp32 (TP scratch m.full), then rounded.
+template <class A>
+void norm_forward(Model::Impl& m, Backend& be, const Dims& d, float eps, A* out, float* mean,
                   float* rstd, const float* inp, const float* w, const float* b) {
-  float* mine = out + size_t(d.row0) * d.C;
+  if constexpr (std::is_same_v<A, bf16_t>) {
+    if (d.sp) {
+      norm_forward(m, be, d, eps, m.full, mean, rstd, inp, w, b);
+      be.to_bf16(out, m.full, size_t(d.N) * d.C);
+      return;
+    }
+  }
+  A* mine = out + size_t(d.row0) * d.C;
   if (d.gpt2) {
     be.layernorm_forward(mine, mean, rstd, inp, w, b, d.Nl, d.C, eps);
   } else {
     be.rmsnorm_forward(mine, rstd, inp, w, d.Nl, d.C, eps);
   }
-  if (d.sp) m.tp->all_gather(out, mine, size_t(d.Nl) * d.C);
+  if constexpr (std::is_same_v<A, float>) {
+    if (d.sp) m.tp->all_gather(out, mine, size_t(d.Nl) * d.C);
+  }
 }
 
 // dln (N,C): this rank's part of dL/d(norm output) (under TP a column-parallel product's partial
@@ -592,8 +608,9 @@ void norm_backward(Model::Impl& m, Backend& be, const Dims& d, float* dres, floa
 // y (Nl,C) = x (Nl,C) + inp (N,IC) W^T + b for a row-parallel W (this rank's columns): the
 // rank's product is a partial sum, completed over the group (all-reduce; under SP a
 // reduce-scatter of rows). The bias is added once, by rank 0.
+template <class A>
 void row_parallel_forward(Model::Impl& m, Backend& be, const Dims& d, float* y, const float* x,
-                          const float* inp, const float* w, const float* b, int IC) {
+                          const A* inp, const float* w, const float* b, int IC) {
   const size_t n = size_t(d.Nl) * d.C;
   const bool first = !m.tp || m.tp->rank() == 0;
   if (!d.sp) {
@@ -702,13 +719,29 @@ double head_loss(Model::Impl& m, Backend& be, const Dims& d, float* dx, float* d
   return loss;
 }
 
+// out (N,OC) = inp (N,IC) W^T + b, fp32 or bf16 (the two ops differ in their arguments).
+void linear(Backend& be, float* out, const float* inp, const float* w, const float* b, int N, int IC, int OC) {
+  be.linear_forward(out, inp, w, b, N, IC, OC, false);
+}
+void linear(Backend& be, bf16_t* out, const bf16_t* inp, const float* w, const float* b, int N, int IC, int OC) {
+  be.linear_forward(out, inp, w, b, N, IC, OC);
+}
+// RoPE's forward rotation of nh heads of x (B,T, row stride `stride`), fp32 or bf16.
+void rope_forward(Backend& be, float* x, const Dims& d, int nh, int stride, float theta) {
+  be.rope(x, d.B, d.T, nh, d.D, stride, theta, false);
+}
+void rope_forward(Backend& be, bf16_t* x, const Dims& d, int nh, int stride, float theta) {
+  be.rope(x, d.B, d.T, nh, d.D, stride, theta);
+}
+
+template <class A>
 void block_forward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig& cfg,
-                   const BlockParams& p, const BlockActs& a, const float* x, float* y) {
+                   const BlockParams& p, const BlockActs<A>& a, const float* x, float* y) {
   norm_forward(m, be, d, cfg.norm_eps, a.ln1, a.mean1, a.rstd1, x, p.ln1_w, p.ln1_b);
-  be.linear_forward(a.qkv, a.ln1, p.qkv_w, p.qkv_b, d.N, d.C, d.QKV, false);
+  linear(be, a.qkv, a.ln1, p.qkv_w, p.qkv_b, d.N, d.C, d.QKV);
   if (!d.gpt2) {
-    be.rope(a.qkv, d.B, d.T, d.H, d.D, d.QKV, cfg.rope_theta, false);
-    be.rope(a.qkv + size_t(d.H) * d.D, d.B, d.T, d.KV, d.D, d.QKV, cfg.rope_theta, false);
+    rope_forward(be, a.qkv, d, d.H, d.QKV, cfg.rope_theta);
+    rope_forward(be, a.qkv + size_t(d.H) * d.D, d, d.KV, d.QKV, cfg.rope_theta);
   }
   be.attention_forward(a.att, a.lse, a.qkv, d.B, d.T, d.H, d.KV, d.D);
   row_parallel_forward(m, be, d, a.mid, x, a.att, p.proj_w, p.proj_b, d.HD);
@@ -716,15 +749,16 @@ void block_forward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig
   if (d.gpt2) {
     be.linear_gelu_forward(a.fc, a.act, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC);  // FC = F
   } else {
-    be.linear_forward(a.fc, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC, false);
+    linear(be, a.fc, a.ln2, p.fc_w, p.fc_b, d.N, d.C, d.FC);
     be.swiglu_forward(a.act, a.fc, d.N, d.F);
   }
   row_parallel_forward(m, be, d, y, a.mid, a.act, p.mlp_proj_w, p.mlp_proj_b, d.F);
 }
 
 // dres (Nl,C): on entry dL/d(block output), on exit dL/d(block input).
+template <class A>
 void block_backward(Model::Impl& m, Backend& be, const Dims& d, const ModelConfig& cfg,
-                    const BlockParams& p, const BlockParams& g, const BlockActs& a, const float* x) {
+                    const BlockParams& p, const BlockParams& g, const BlockActs<A>& a, const float* x) {
   be.linear_backward(m.dact, g.mlp_proj_w, g.mlp_proj_b, full_rows(m, d, m.dres), a.act, p.mlp_proj_w,
                      d.N, d.F, d.C);
   if (d.gpt2) {
@@ -800,40 +834,49 @@ void check_inputs(const ModelConfig& c, const int32_t* tokens, int B, int T) {
   }
 }
 
-// The activations block l's forward writes and its backward reads when every block's are kept:
-// its own set, or (packed) the working set with block l's small tensors.
-BlockActs kept_acts(const Model::Impl& m, int l) {
-  if (m.saved.empty()) return m.acts[size_t(l)];
-  BlockActs a = m.acts[0];
-  const BlockActs& s = m.saved[size_t(l)];
-  a.mean1 = s.mean1, a.rstd1 = s.rstd1, a.lse = s.lse, a.mid = s.mid, a.mean2 = s.mean2, a.rstd2 = s.rstd2;
-  return a;
-}
-
-// Packed saved activations: the working set's large tensors to saved[l] (after block l's
-// forward), and back (before its backward).
-void pack_block(Model::Impl& m, Backend& be, const Dims& d, int l) {
-  for (const LargeAct& t : large_acts(d)) be.pack_bf16(m.saved[size_t(l)].*t.field, m.acts[0].*t.field, t.n);
-}
-void unpack_block(Model::Impl& m, Backend& be, const Dims& d, int l) {
-  for (const LargeAct& t : large_acts(d)) be.unpack_bf16(m.acts[0].*t.field, m.saved[size_t(l)].*t.field, t.n);
+template <class A>
+std::vector<BlockActs<A>>& act_sets(Model::Impl& m) {
+  if constexpr (std::is_same_v<A, float>)
+    return m.acts;
+  else
+    return m.acts16;
 }
 
 // Runs embedding and all blocks; leaves the final norm output (N,C) in impl.lnf.
-// keep_all: keep every block's activations (for a backward without recompute); save: the
-// backward follows (packed saved activations are packed only then).
-void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params,
-                   const Dims& d, const int32_t* tokens, bool keep_all, bool save) {
+// keep_all: keep every block's activations (for a backward without recompute, or when the arena
+// already holds a set per block), else one set serves every block.
+template <class A>
+void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params, const Dims& d,
+                   const int32_t* tokens, bool keep_all) {
   ensure_arena(m, d, keep_all ? cfg.n_layer : 1, cfg.n_layer);
+  const std::vector<BlockActs<A>>& sets = act_sets<A>(m);
   embed_forward(m, be, d, params, tokens);
-  for (int l = 0; l < cfg.n_layer; ++l) {
-    const bool kept = keep_all && save;
-    block_forward(m, be, d, cfg, m.view(params, l), kept ? kept_acts(m, l) : m.acts[keep_all && m.saved.empty() ? l : 0],
-                  m.res[l], m.res[l + 1]);
-    if (kept && !m.saved.empty()) pack_block(m, be, d, l);
-  }
+  for (int l = 0; l < cfg.n_layer; ++l)
+    block_forward(m, be, d, cfg, m.view(params, l), sets[keep_all ? size_t(l) : 0], m.res[l], m.res[l + 1]);
   norm_forward(m, be, d, cfg.norm_eps, m.lnf, m.meanf, m.rstdf, m.res[cfg.n_layer], params + m.lnf_w,
                Model::Impl::at(params, m.lnf_b));
+}
+void forward_trunk(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params, const Dims& d,
+                   const int32_t* tokens, bool keep_all) {
+  if (m.bf16)
+    forward_trunk<bf16_t>(m, be, cfg, params, d, tokens, keep_all);
+  else
+    forward_trunk<float>(m, be, cfg, params, d, tokens, keep_all);
+}
+
+// The blocks' backward, last to first (each recomputed first when its activations were not
+// kept); grads_ready() after each.
+template <class A>
+void blocks_backward(Model::Impl& m, Backend& be, const ModelConfig& cfg, float* params, float* grads,
+                     const Dims& d, bool keep_all, const std::function<void()>& grads_ready) {
+  const std::vector<BlockActs<A>>& sets = act_sets<A>(m);
+  for (int l = cfg.n_layer - 1; l >= 0; --l) {
+    const BlockParams p = m.view(params, l);
+    const BlockActs<A>& a = sets[keep_all ? size_t(l) : 0];
+    if (!keep_all) block_forward(m, be, d, cfg, p, a, m.res[l], m.res[l + 1]);
+    block_backward(m, be, d, cfg, p, m.view(grads, l), a, m.res[l]);
+    grads_ready();  // block l
+  }
 }
 
 }  // namespace
@@ -848,7 +891,7 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   // sampling calls read each weight once, so they convert at the product and keep no copy.
   const FrozenWeights frozen(backend_, params_, num_params_);
   const bool keep_all = !cfg_.recompute;
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all, /*save=*/true);
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, keep_all);
 
   // Reports the next entry of grad_ready_order() to the hook, if one is set.
   size_t next_ready = 0;
@@ -874,13 +917,10 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   norm_backward(m, backend_, d, m.dres, grads_ + m.lnf_w, Impl::at(grads_, m.lnf_b), m.dln,
                 m.res[cfg_.n_layer], params_ + m.lnf_w, m.meanf, m.rstdf);
   grads_ready();  // final norm (+ untied LM head)
-  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
-    const BlockParams p = m.view(params_, l);
-    if (!keep_all) block_forward(m, backend_, d, cfg_, p, m.acts[0], m.res[l], m.res[l + 1]);
-    if (keep_all && !m.saved.empty()) unpack_block(m, backend_, d, l);
-    block_backward(m, backend_, d, cfg_, p, m.view(grads_, l), keep_all ? kept_acts(m, l) : m.acts[0], m.res[l]);
-    grads_ready();  // block l
-  }
+  if (m.bf16)
+    blocks_backward<bf16_t>(m, backend_, cfg_, params_, grads_, d, keep_all, grads_ready);
+  else
+    blocks_backward<float>(m, backend_, cfg_, params_, grads_, d, keep_all, grads_ready);
   embed_backward(m, backend_, d, grads_, tokens);
   grads_ready();  // embeddings (and the tied LM head)
   backend_.synchronize();  // the gradients are complete when this returns
@@ -892,8 +932,7 @@ float Model::forward_loss(const int32_t* tokens, const int32_t* targets, int B, 
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
   // (keep_all when the arena is sized so: it is reused as it is, not reallocated for one set)
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N,
-                /*save=*/false);
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, /*keep_all=*/m.arena_sets > 1 && m.arena_rows == d.N);
   int64_t valid = 0;
   for (int i = 0; i < d.N; ++i) valid += targets[i] >= 0;
   if (valid == 0) {
@@ -909,7 +948,7 @@ void Model::forward_logits(float* logits, const int32_t* tokens, int B, int T) {
   check_inputs(cfg_, tokens, B, T);
   Impl& m = *impl_;
   const Dims d = make_dims(cfg_, m, B, T, /*sp_required=*/false);
-  forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N, /*save=*/false);
+  forward_trunk(m, backend_, cfg_, params_, d, tokens, m.arena_sets > 1 && m.arena_rows == d.N);
   // The caller's logits may be host memory (a std::vector): where the backend cannot write that,
   // the logits go to a backend buffer first and are copied out.
   const size_t all = size_t(d.N) * d.V_full;

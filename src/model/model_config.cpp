@@ -94,8 +94,8 @@ void ModelConfig::validate() const {
              "model.norm_eps must be a positive number, got " << norm_eps);
   NURI_CHECK(rope_theta > 0 && std::isfinite(rope_theta), config, op,
              "model.rope_theta must be a positive number, got " << rope_theta);
-  NURI_CHECK(saved_activations == "auto" || saved_activations == "fp32" || saved_activations == "bf16", config, op,
-             "model.saved_activations must be \"auto\", \"fp32\" or \"bf16\", got \"" << saved_activations << "\"");
+  NURI_CHECK(activation_dtype == "auto" || activation_dtype == "fp32" || activation_dtype == "bf16", config, op,
+             "model.activation_dtype must be \"auto\", \"fp32\" or \"bf16\", got \"" << activation_dtype << "\"");
 }
 
 int64_t ModelConfig::num_params(bool with_positions) const {
@@ -137,14 +137,12 @@ MemoryEstimate estimate_memory(const ModelConfig& cfg, int B, int T, const Backe
   const double chunk_rows = std::max(16.0, std::min(N, double(kLmHeadChunkFloats) / cfg.vocab_size));
   const double head = N * (2 * C + 2) + chunk_rows * cfg.vocab_size + N * 2;  // + tokens/targets
   const double residuals = (cfg.n_layer + 1) * N * C;
-  // saved_activations = "bf16": one fp32 working block, and every block's large tensors (norm
-  // outputs, qkv, attention output, MLP pre-activation and activation) at half the bytes.
+  // bf16 activations: each block's large tensors (norm outputs, qkv, attention output, MLP
+  // pre-activation and activation) at half the bytes.
   const double large = N * (2 * C + QKV + HD + fc + F);
-  const double saved = cfg.saves_bf16(facts.bf16_matmul_inputs)
-                           ? std::min(cfg.n_layer * block, block + cfg.n_layer * (block - large / 2))
-                           : cfg.n_layer * block;
-  m.activations_bytes = f * (residuals + saved + grad_scratch + head);
-  m.activations_recompute_bytes = f * (residuals + block + grad_scratch + head);
+  const double set = cfg.bf16_activations(facts.bf16_matmul_inputs) ? block - large / 2 : block;
+  m.activations_bytes = f * (residuals + cfg.n_layer * set + grad_scratch + head);
+  m.activations_recompute_bytes = f * (residuals + set + grad_scratch + head);
   return m;
 }
 

@@ -132,7 +132,9 @@ TEST_CASE("emulated cuda backend: the memory estimate counts its bf16 weight cop
   CHECK(on_gpu.weight_copy_bytes == 2.0 * double(cfg.num_params()));
   CHECK(on_cpu.weight_copy_bytes == 0.0);
   CHECK(on_gpu.activations_bytes < on_cpu.activations_bytes);  // "auto" saves bf16 here only
-  CHECK(on_gpu.total(true) - on_cpu.total(true) == on_gpu.weight_copy_bytes);  // recompute saves no set
+  CHECK(on_gpu.activations_recompute_bytes < on_cpu.activations_recompute_bytes);  // its one set too
+  CHECK(on_gpu.total(true) - on_gpu.activations_recompute_bytes ==
+        on_cpu.total(true) - on_cpu.activations_recompute_bytes + on_gpu.weight_copy_bytes);
   // A head dim the bf16 attention does not take keeps fp32 saved activations; the copy stays.
   cfg.n_head = 8;  // D = 48
   CHECK_FALSE(nuri::memory_facts(gpu(), cfg).bf16_matmul_inputs);
@@ -477,7 +479,7 @@ TEST_CASE("a tiny model trains through the emulated cuda backend as on the CPU (
   }
 }
 
-TEST_CASE("pack_bf16 / unpack_bf16: the cuda kernels and the host default agree bit for bit", "[backend]") {
+TEST_CASE("to_bf16 / to_fp32: the cuda kernels and the host default agree bit for bit", "[backend]") {
   // Random values, exact ties (rounded to even), NaN, infinities, signed zero, subnormals, and the
   // largest float (rounds up to infinity); an odd count (the last float slot half used).
   nuri::Backend& g = gpu();
@@ -487,11 +489,11 @@ TEST_CASE("pack_bf16 / unpack_bf16: the cuda kernels and the host default agree 
   for (size_t i = 0; i < std::size(specials); ++i) std::memcpy(&v[i * 7], &specials[i], 4);
   const size_t n = v.size(), packed = (n + 1) / 2;
   Buf src(g, v), gpacked(g, packed), gback(g, n);
-  g.pack_bf16(gpacked.p, src.p, n);
-  g.unpack_bf16(gback.p, gpacked.p, n);
+  g.to_bf16(reinterpret_cast<nuri::bf16_t*>(gpacked.p), src.p, n);
+  g.to_fp32(gback.p, reinterpret_cast<const nuri::bf16_t*>(gpacked.p), n);
   Vec hpacked(packed), hback(n);
-  cpu().pack_bf16(hpacked.data(), v.data(), n);
-  cpu().unpack_bf16(hback.data(), hpacked.data(), n);
+  cpu().to_bf16(reinterpret_cast<nuri::bf16_t*>(hpacked.data()), v.data(), n);
+  cpu().to_fp32(hback.data(), reinterpret_cast<const nuri::bf16_t*>(hpacked.data()), n);
   const Vec gp = gpacked.get(), gb = gback.get();
   CHECK(std::memcmp(gp.data(), hpacked.data(), n * 2) == 0);  // the packed halves in use
   CHECK(std::memcmp(gb.data(), hback.data(), n * 4) == 0);
@@ -505,26 +507,27 @@ TEST_CASE("pack_bf16 / unpack_bf16: the cuda kernels and the host default agree 
   }
 }
 
-TEST_CASE("emulated cuda backend: bf16 saved activations (the default there) lose nothing a matrix product reads",
+TEST_CASE("emulated cuda backend: bf16 activations (the default there) lose nothing a matrix product reads",
           "[backend][train]") {
-  // The cuda backend's products round their inputs to bf16 anyway, so storing the norm outputs,
-  // qkv, attention output and MLP activation in bf16 changes none of their uses; only the MLP's
-  // pre-activation, read by the GELU/SwiGLU backward in fp32, is rounded. So the loss is the same,
-  // the last block's MLP output weight gradient (dout^T act) is bit for bit the same, and the rest
-  // within bf16 rounding.
+  // The cuda backend's products and attention round their inputs to bf16 anyway, so holding the
+  // norm outputs, qkv, attention output and MLP activation in bf16 changes none of their uses in
+  // gpt2: its forward is bit for bit the fp32 one (the same loss, and the last block's MLP output
+  // weight gradient, dout^T act, bit for bit); only the MLP's pre-activation, read by the GELU
+  // backward in fp32, is rounded, so the other gradients move within bf16 rounding. llama rounds
+  // more: RoPE and SwiGLU read and write bf16, so its loss moves within bf16 rounding too.
   for (const std::string family : {"gpt2", "llama"}) {
     nuri::ModelConfig cfg = tiny(family);
-    cfg.n_layer = 3;  // (packing pays from about three layers: it needs one fp32 working set)
+    cfg.n_layer = 3;
     nuri::Model packed(cfg, gpu());  // "auto"
-    cfg.saved_activations = "fp32";
+    cfg.activation_dtype = "fp32";
     nuri::Model plain(cfg, gpu());
-    CHECK(packed.packs_saved_activations());
-    CHECK_FALSE(plain.packs_saved_activations());
+    CHECK(packed.bf16_activations());
+    CHECK_FALSE(plain.bf16_activations());
     // Head dim 32 runs the fp32 attention kernels, which would read qkv rounded: "auto" keeps fp32.
     nuri::ModelConfig narrow = tiny(family);
     narrow.n_head = 4;
     narrow.n_kv_head = family == "gpt2" ? 4 : 2;
-    CHECK_FALSE(nuri::Model(narrow, gpu()).packs_saved_activations());
+    CHECK_FALSE(nuri::Model(narrow, gpu()).bf16_activations());
     packed.init_weights(2);
     plain.init_weights(2);
     const int B = 1, T = 16;
@@ -534,12 +537,16 @@ TEST_CASE("emulated cuda backend: bf16 saved activations (the default there) los
     plain.zero_grads();
     const float lp = packed.forward_backward(x.data(), y.data(), B, T);
     const float lf = plain.forward_backward(x.data(), y.data(), B, T);
-    INFO(family);
-    CHECK(lp == lf);
-    const nuri::ParamTensor& last = plain.tensor("blocks.2.mlp.proj.weight");
-    size_t differ = 0;
-    for (size_t k = last.offset; k < last.offset + last.numel; ++k) differ += packed.grads()[k] != plain.grads()[k];
-    CHECK(differ == 0);
+    INFO(family << ": loss fp32 " << lf << ", bf16 " << lp);
+    if (family == "gpt2") {
+      CHECK(lp == lf);
+      const nuri::ParamTensor& last = plain.tensor("blocks.2.mlp.proj.weight");
+      size_t differ = 0;
+      for (size_t k = last.offset; k < last.offset + last.numel; ++k) differ += packed.grads()[k] != plain.grads()[k];
+      CHECK(differ == 0);
+    } else {
+      CHECK(std::abs(lp - lf) <= 2e-3f * std::abs(lf));
+    }
     check_close_scaled(family + " gradients, bf16 against fp32 saved activations",
                        Vec(packed.grads(), packed.grads() + packed.num_params()),
                        Vec(plain.grads(), plain.grads() + plain.num_params()), 2e-2f);

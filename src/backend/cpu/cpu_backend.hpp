@@ -74,6 +74,18 @@ class CpuBackend final : public Backend {
                     float beta1, float beta2, float eps, float weight_decay, int step,
                     float grad_scale) override;
 
+  // The bf16 activation ops: Backend's defaults (the fp32 ops above between conversions).
+  using Backend::attention_backward;
+  using Backend::attention_forward;
+  using Backend::gelu_backward;
+  using Backend::layernorm_forward;
+  using Backend::linear_backward;
+  using Backend::linear_forward;
+  using Backend::rmsnorm_forward;
+  using Backend::rope;
+  using Backend::swiglu_backward;
+  using Backend::swiglu_forward;
+
  private:
   int threads_;
 };

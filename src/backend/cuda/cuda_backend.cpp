@@ -42,10 +42,16 @@ namespace nuri::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
+static_assert(sizeof(bf16) == sizeof(bf16_t), "bf16_t has the layout of __nv_bfloat16");
+
+// The interface's bf16 buffers as the kernels' type (the same 2-byte layout).
+bf16* dev(bf16_t* p) { return reinterpret_cast<bf16*>(p); }
+const bf16* dev(const bf16_t* p) { return reinterpret_cast<const bf16*>(p); }
 
 // Device scratch the ops reuse (device memory, never seen by the host).
 enum Slot {
   kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble,
+  kF32A, kF32B,    // fp32 results of the bf16 activation ops that have no bf16 kernel yet
   kFrozenWeights,  // the bf16 copy of the weights between freeze_weights and unfreeze_weights
   kAdamwChunks,    // the fused AdamW's chunk table for adamw_segments_
   kSlots
@@ -197,18 +203,132 @@ class CudaBackend final : public Backend {
       wait("copy");
   }
 
-  // ---- storage ----
-  void pack_bf16(float* dst, const float* src, size_t n) override {
-    if (n) check(cast_f32_to_bf16(reinterpret_cast<bf16*>(dst), src, n, stream_), "pack_bf16");
-    finish("pack_bf16");
+  // ---- bf16 activations ----
+  void to_bf16(bf16_t* dst, const float* src, size_t n) override {
+    if (n) check(cast_f32_to_bf16(dev(dst), src, n, stream_), "to_bf16");
+    finish("to_bf16");
   }
-  void unpack_bf16(float* dst, const float* src, size_t n) override {
-    if (n) check(cast_bf16_to_f32(dst, reinterpret_cast<const bf16*>(src), n, stream_), "unpack_bf16");
-    finish("unpack_bf16");
+  void to_fp32(float* dst, const bf16_t* src, size_t n) override {
+    if (n) check(cast_bf16_to_f32(dst, dev(src), n, stream_), "to_fp32");
+    finish("to_fp32");
   }
-  // (With the fp32 attention kernels, qkv rounded to bf16 would move the scores the backward
-  // recomputes against the forward's log-sum-exp: then "auto" keeps fp32.)
+  // (The fp32 attention kernels would read qkv rounded to bf16 where the bf16 ones cannot run:
+  // "auto" keeps fp32 activations there.)
   bool bf16_matmul_inputs(int head_dim) const override { return use_bf16_attention(head_dim); }
+
+  // The products and the bf16 attention read these activations as they are, with no cast; the ops
+  // without a bf16 kernel yet (the norms, RoPE, SwiGLU, the GELU backward, and the products that
+  // write bf16) compute in fp32 scratch and cast once.
+  using Backend::attention_backward;
+  using Backend::attention_forward;
+  using Backend::gelu_backward;
+  using Backend::layernorm_forward;
+  using Backend::linear_backward;
+  using Backend::linear_forward;
+  using Backend::linear_gelu_forward;
+  using Backend::rmsnorm_forward;
+  using Backend::rope;
+  using Backend::swiglu_backward;
+  using Backend::swiglu_forward;
+
+  void layernorm_forward(bf16_t* out, float* mean, float* rstd, const float* inp, const float* weight,
+                         const float* bias, int N, int C, float eps) override {
+    float* y = scratch<float>(kF32A, size_t(N) * size_t(std::max(C, 0)));
+    check(cuda::layernorm_forward(y, mean, rstd, inp, weight, bias, N, C, eps, stream_), "layernorm_forward (bf16)");
+    cast_out("layernorm_forward (bf16)", out, y, size_t(N) * size_t(C));
+  }
+  void rmsnorm_forward(bf16_t* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                       float eps) override {
+    float* y = scratch<float>(kF32A, size_t(N) * size_t(std::max(C, 0)));
+    check(cuda::rmsnorm_forward(y, rstd, inp, weight, N, C, eps, stream_), "rmsnorm_forward (bf16)");
+    cast_out("rmsnorm_forward (bf16)", out, y, size_t(N) * size_t(C));
+  }
+  void linear_forward(bf16_t* out, const bf16_t* inp, const float* weight, const float* bias, int N, int IC,
+                      int OC) override {
+    check_linear("linear_forward (bf16)", N, IC, OC);
+    float* y = scratch<float>(kF32A, size_t(N) * size_t(OC));
+    linear_nt16("linear_forward (bf16)", y, dev(inp), weight, bias, N, IC, OC, 0.0f,
+                bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
+    cast_out("linear_forward (bf16)", out, y, size_t(N) * size_t(OC));
+  }
+  void linear_forward(float* out, const bf16_t* inp, const float* weight, const float* bias, int N, int IC, int OC,
+                      bool accumulate) override {
+    check_linear("linear_forward (bf16 input)", N, IC, OC);
+    linear_nt16("linear_forward (bf16 input)", out, dev(inp), weight, bias, N, IC, OC, accumulate ? 1.0f : 0.0f,
+                bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
+    finish("linear_forward (bf16 input)");
+  }
+  void linear_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp, const float* weight, const float* bias,
+                           int N, int IC, int OC) override {
+    check_linear("linear_gelu_forward (bf16)", N, IC, OC);
+    const size_t n = size_t(N) * size_t(OC);
+    float* p = scratch<float>(kF32A, n);
+    float* y = scratch<float>(kF32B, n);
+    linear_nt16("linear_gelu_forward (bf16)", y, dev(inp), weight, bias, N, IC, OC, 0.0f, GemmEpilogue::bias_gelu, p);
+    if (n) check(cast_f32_to_bf16(dev(pre), p, n, stream_), "linear_gelu_forward (bf16): cast");
+    cast_out("linear_gelu_forward (bf16)", out, y, n);
+  }
+  void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const bf16_t* inp,
+                       const float* weight, int N, int IC, int OC) override {
+    linear_backward16("linear_backward (bf16 input)", dinp, dweight, dbias, dout, dev(inp), weight, N, IC, OC);
+  }
+  void gelu_backward(float* dinp, const bf16_t* inp, const float* dout, size_t n) override {
+    float* x = widen(kF32A, inp, n, "gelu_backward (bf16)");
+    check(cuda::gelu_backward(dinp, x, dout, n, stream_), "gelu_backward (bf16)");
+    finish("gelu_backward (bf16)");
+  }
+  void swiglu_forward(bf16_t* out, const bf16_t* inp, int N, int F) override {
+    const size_t n = size_t(std::max(N, 0)) * size_t(std::max(F, 0));
+    float* x = widen(kF32A, inp, 2 * n, "swiglu_forward (bf16)");
+    float* y = scratch<float>(kF32B, n);
+    check(cuda::swiglu_forward(y, x, N, F, stream_), "swiglu_forward (bf16)");
+    cast_out("swiglu_forward (bf16)", out, y, n);
+  }
+  void swiglu_backward(float* dinp, const bf16_t* inp, const float* dout, int N, int F) override {
+    const size_t n = size_t(std::max(N, 0)) * size_t(std::max(F, 0));
+    float* x = widen(kF32A, inp, 2 * n, "swiglu_backward (bf16)");
+    check(cuda::swiglu_backward(dinp, x, dout, N, F, stream_), "swiglu_backward (bf16)");
+    finish("swiglu_backward (bf16)");
+  }
+  void rope(bf16_t* x, int B, int T, int nh, int D, int row_stride, float theta) override {
+    if (B <= 0 || T <= 0 || nh <= 0) return;
+    // The span from the first row's first rotated head to the last row's last (Backend::rope).
+    const size_t span = (size_t(B) * size_t(T) - 1) * size_t(row_stride) + size_t(nh) * size_t(D);
+    float* y = widen(kF32A, x, span, "rope (bf16)");
+    check(cuda::rope(y, rope_table_for(T, D, theta), B, T, nh, D, row_stride, false, stream_), "rope (bf16)");
+    cast_out("rope (bf16)", x, y, span);
+  }
+  void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int H, int KV,
+                         int D) override {
+    check_attention("attention_forward (bf16)", B, T, H, KV, D);
+    const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D, ow = size_t(H) * D;
+    if (!use_bf16_attention(D)) {
+      float* q = widen(kF32A, qkv, rows * width, "attention_forward (bf16)");
+      float* o = scratch<float>(kF32B, rows * ow);
+      check(cuda::attention_forward(o, lse, q, B, T, H, KV, D, stream_), "attention_forward (fp32 kernels)");
+      cast_out("attention_forward (bf16)", out, o, rows * ow);
+      return;
+    }
+    check_aligned("attention_forward (bf16)", {qkv, out});
+    attention_forward16("attention_forward (bf16)", dev(out), lse, dev(qkv), B, T, H, KV, D);
+    finish("attention_forward (bf16)");
+  }
+  void attention_backward(float* dqkv, const float* dout, const bf16_t* qkv, const bf16_t* out, const float* lse,
+                          int B, int T, int H, int KV, int D) override {
+    check_attention("attention_backward (bf16)", B, T, H, KV, D);
+    const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D, ow = size_t(H) * D;
+    if (!use_bf16_attention(D)) {
+      float* q = widen(kF32A, qkv, rows * width, "attention_backward (bf16)");
+      float* o = widen(kF32B, out, rows * ow, "attention_backward (bf16)");
+      check(cuda::attention_backward(dqkv, dout, q, o, lse, B, T, H, KV, D, stream_),
+            "attention_backward (fp32 kernels)");
+      finish("attention_backward (bf16)");
+      return;
+    }
+    check_aligned("attention_backward (bf16)", {qkv, out});
+    attention_backward16("attention_backward (bf16)", dqkv, dout, dev(qkv), dev(out), lse, B, T, H, KV, D);
+    finish("attention_backward (bf16)");
+  }
 
   // ---- dense algebra ----
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -238,19 +358,8 @@ class CudaBackend final : public Backend {
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, int N, int IC, int OC) override {
     check_linear("linear_backward", N, IC, OC);
-    const bf16* dy = to_bf16(kBf16C, dout, N, OC, OC);
-    if (dinp) {  // dinp (N,IC) = dout (N,OC) @ W (OC,IC)
-      const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
-      matmul("linear_backward dinp", false, false, N, IC, OC, 1.0f, dy, OC, w, IC, 0.0f, dinp, IC,
-             nullptr, GemmEpilogue::none, nullptr);
-    }
-    if (dweight) {  // dW (OC,IC) += dout^T (OC,N) @ inp (N,IC)
-      const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
-      matmul("linear_backward dweight", true, false, OC, IC, N, 1.0f, dy, OC, x, IC, 1.0f, dweight, IC,
-             nullptr, GemmEpilogue::none, nullptr);
-    }
-    if (dbias) check(bias_grad(dbias, dout, N, OC, stream_), "linear_backward: bias_grad");
-    finish("linear_backward");
+    const bf16* x = dweight ? to_bf16(kBf16A, inp, N, IC, IC) : nullptr;
+    linear_backward16("linear_backward", dinp, dweight, dbias, dout, x, weight, N, IC, OC);
   }
 
   void add(float* out, const float* a, const float* b, size_t n) override {
@@ -332,11 +441,7 @@ class CudaBackend final : public Backend {
     const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D;
     const bf16* q = to_bf16(kBf16A, qkv, rows, width, width);
     bf16* o = scratch<bf16>(kBf16B, rows * size_t(H) * D);
-    bool done = false;
-#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
-    if (cudnn_) done = cudnn_ok(cudnn_->forward(o, lse, q, B, T, H, KV, D), "attention_forward");
-#endif
-    if (!done) check(attention_forward_bf16(o, lse, q, B, T, H, KV, D, stream_), "attention_forward (bf16)");
+    attention_forward16("attention_forward", o, lse, q, B, T, H, KV, D);
     check(cast_bf16_to_f32(out, o, rows * size_t(H) * D, stream_), "attention_forward: cast");
     finish("attention_forward");
   }
@@ -353,17 +458,7 @@ class CudaBackend final : public Backend {
     const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D, ow = size_t(H) * D;
     const bf16* q = to_bf16(kBf16A, qkv, rows, width, width);
     const bf16* o = to_bf16(kBf16B, out, rows, ow, ow);
-    const bf16* dy = to_bf16(kBf16C, dout, rows, ow, ow);
-    bf16* dq = scratch<bf16>(kBf16D, rows * width);
-    bool done = false;
-#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
-    if (cudnn_) done = cudnn_ok(cudnn_->backward(dq, dy, q, o, lse, B, T, H, KV, D), "attention_backward");
-#endif
-    if (!done) {
-      float* ws = scratch<float>(kWorkspace, attention_backward_bf16_workspace(B, T, H, KV, D));
-      check(attention_backward_bf16(dq, dy, q, o, lse, ws, B, T, H, KV, D, stream_), "attention_backward (bf16)");
-    }
-    check(cast_bf16_to_f32(dqkv, dq, rows * width, stream_), "attention_backward: cast");
+    attention_backward16("attention_backward", dqkv, dout, q, o, lse, B, T, H, KV, D);
     finish("attention_backward");
   }
 
@@ -590,12 +685,74 @@ class CudaBackend final : public Backend {
   void linear_nt(const char* op, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
                  int OC, float beta, GemmEpilogue epilogue, float* pre_gelu) {
     check_linear(op, N, IC, OC);
-    const bf16* x = to_bf16(kBf16A, inp, N, IC, IC);
+    linear_nt16(op, out, to_bf16(kBf16A, inp, N, IC, IC), weight, bias, N, IC, OC, beta, epilogue, pre_gelu);
+    finish(op);
+  }
+  // linear_nt's product once its input x (N,IC) is bf16 (queued; the caller finishes).
+  void linear_nt16(const char* op, float* out, const bf16* x, const float* weight, const float* bias, int N, int IC,
+                   int OC, float beta, GemmEpilogue epilogue, float* pre_gelu) {
     const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
     matmul(op, false, true, N, OC, IC, 1.0f, x, IC, w, IC, beta, out, OC, bias, epilogue, pre_gelu);
+  }
+  // Backend::linear_backward with its input x (N,IC) in bf16 (read only when dweight is non-null).
+  void linear_backward16(const char* op, float* dinp, float* dweight, float* dbias, const float* dout, const bf16* x,
+                         const float* weight, int N, int IC, int OC) {
+    check_linear(op, N, IC, OC);
+    const bf16* dy = to_bf16(kBf16C, dout, N, OC, OC);
+    if (dinp) {  // dinp (N,IC) = dout (N,OC) @ W (OC,IC)
+      const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+      matmul(op, false, false, N, IC, OC, 1.0f, dy, OC, w, IC, 0.0f, dinp, IC, nullptr, GemmEpilogue::none, nullptr);
+    }
+    if (dweight)  // dW (OC,IC) += dout^T (OC,N) @ inp (N,IC)
+      matmul(op, true, false, OC, IC, N, 1.0f, dy, OC, x, IC, 1.0f, dweight, IC, nullptr, GemmEpilogue::none, nullptr);
+    if (dbias) check(bias_grad(dbias, dout, N, OC, stream_), op);
+    finish(op);
+  }
+  // The bf16 attention (cuDNN SDPA when chosen and it takes the shape, else ours), queued:
+  // o (B,T,H*D) and lse from q = qkv (B,T,(H+2KV)*D), all bf16 but lse.
+  void attention_forward16(const char* op, bf16* o, float* lse, const bf16* q, int B, int T, int H, int KV, int D) {
+    bool done = false;
+#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
+    if (cudnn_) done = cudnn_ok(cudnn_->forward(o, lse, q, B, T, H, KV, D), op);
+#endif
+    if (!done) check(attention_forward_bf16(o, lse, q, B, T, H, KV, D, stream_), op);
+  }
+  // Its backward into fp32 dqkv (B,T,(H+2KV)*D), queued.
+  void attention_backward16(const char* op, float* dqkv, const float* dout, const bf16* q, const bf16* o,
+                            const float* lse, int B, int T, int H, int KV, int D) {
+    const size_t rows = size_t(B) * T, width = size_t(H + 2 * KV) * D, ow = size_t(H) * D;
+    const bf16* dy = to_bf16(kBf16C, dout, rows, ow, ow);
+    bf16* dq = scratch<bf16>(kBf16D, rows * width);
+    bool done = false;
+#if defined(NURI_WITH_CUDNN) && !defined(NURI_CUDA_EMU)
+    if (cudnn_) done = cudnn_ok(cudnn_->backward(dq, dy, q, o, lse, B, T, H, KV, D), op);
+#endif
+    if (!done) {
+      float* ws = scratch<float>(kWorkspace, attention_backward_bf16_workspace(B, T, H, KV, D));
+      check(attention_backward_bf16(dq, dy, q, o, lse, ws, B, T, H, KV, D, stream_), op);
+    }
+    check(cast_bf16_to_f32(dqkv, dq, rows * width, stream_), op);
+  }
+  // A slot's fp32 copy of bf16 src (n), queued.
+  float* widen(Slot slot, const bf16_t* src, size_t n, const char* op) {
+    float* x = scratch<float>(slot, n);
+    if (n) check(cast_bf16_to_f32(x, dev(src), n, stream_), op);
+    return x;
+  }
+  // out (n) = src rounded to bf16; the end of an op.
+  void cast_out(const char* op, bf16_t* out, const float* src, size_t n) {
+    if (n) check(cast_f32_to_bf16(dev(out), src, n, stream_), op);
     finish(op);
   }
 
+  // The bf16 attention kernels and cuDNN read and write bf16 16 bytes at a time.
+  void check_aligned(const char* op, std::initializer_list<const bf16_t*> buffers) {
+    for (const bf16_t* p : buffers)
+      NURI_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, shape, op,
+                 "a bf16 buffer at " << static_cast<const void*>(p)
+                                     << " is not 16-byte aligned; the bf16 attention needs its qkv and output "
+                                        "aligned (start them at a multiple of 8 values into an alloc() buffer)");
+  }
   void check_linear(const char* op, int N, int IC, int OC) {
     NURI_CHECK(N >= 0 && IC > 0 && OC > 0, shape, op, "bad sizes N=" << N << " IC=" << IC << " OC=" << OC);
   }

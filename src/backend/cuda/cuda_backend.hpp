@@ -10,7 +10,7 @@
 // per parameter that stays allocated), their outputs are fp32. Everything else (norms,
 // activations, RoPE, softmax, cross-entropy, AdamW) is fp32. The activations a model keeps for
 // its backward are stored packed in bf16 (pack_bf16; bf16_matmul_inputs(D) is true where the
-// attention at head dim D runs on bf16 tensor cores, so the model's saved_activations = "auto"
+// attention at head dim D runs on bf16 tensor cores, so the model's activation_dtype = "auto"
 // chooses it there).
 //
 // Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
