@@ -9,7 +9,7 @@
 // higher (by about 7% for gpt2-124m at T = 1024 and 5% for llama-1b at T = 2048).
 //   bench_step --preset gpt2-tiny --batch 8 --seq 256 --steps 10 [--vocab V] [--recompute]
 //              [--backend cpu|cuda] [--peak-tflops P] [--activation-dtype auto|fp32|bf16]
-// It also prints the model's activation memory (Model::activation_bytes, and whether the saved
+// It also prints the model's activation memory (Model::activation_bytes, and whether the blocks'
 // activations are bf16), and on a GPU the device memory in use after the steps.
 #include <sys/resource.h>
 
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   std::string preset = "gpt2-tiny";
   int B = 8, T = 256, steps = 10, threads = 0, vocab = 0;
   bool recompute = false;
-  std::string backend_name = "cpu", saved = "auto";
+  std::string backend_name = "cpu", dtype = "auto";
   double peak_tflops = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     else if (a == "--recompute") recompute = true;
     else if (a == "--backend") backend_name = next();
     else if (a == "--peak-tflops") peak_tflops = std::atof(next());
-    else if (a == "--activation-dtype") saved = next();
+    else if (a == "--activation-dtype") dtype = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   try {
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
     nuri::ModelConfig cfg = nuri::model_preset(preset);
     if (vocab > 0) cfg.vocab_size = vocab;
     cfg.recompute = recompute;
-    cfg.activation_dtype = saved;
+    cfg.activation_dtype = dtype;
     const bool gpu = backend_name == "cuda";
     if (gpu && peak_tflops <= 0) {  // the data-sheet dense bf16 peak of the GPU in describe()
       const std::string d = backend->describe();
@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
     const double rss = double(ru.ru_maxrss) * 1024.0;
     const double est =
         nuri::estimate_memory(cfg, B, T, nuri::memory_facts(*backend, cfg)).total(recompute);
-    std::printf("activations: %.0f MiB (saved in %s)\n", double(model.activation_bytes()) / 1048576,
+    std::printf("activations: %.0f MiB (held in %s)\n", double(model.activation_bytes()) / 1048576,
                 model.bf16_activations() ? "bf16" : "fp32");
     if (gpu) {
       size_t free_b = 0, total_b = 0;

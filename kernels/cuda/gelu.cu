@@ -27,15 +27,15 @@ __global__ void gelu_forward_kernel(T* out, const T* inp, size_t n) {
   }
 }
 
-template <typename T>
-__global__ void gelu_backward_kernel(T* dinp, const T* inp, const T* dout, size_t n) {
+template <typename In, typename G>
+__global__ void gelu_backward_kernel(G* dinp, const In* inp, const G* dout, size_t n) {
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float x = to_float(inp[i]);
     const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
     const float du = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
     const float s = 1.0f / (1.0f + expf(-2.0f * u));
-    dinp[i] = from_float<T>(to_float(dout[i]) * (s + 2.0f * x * s * (1.0f - s) * du));
+    dinp[i] = from_float<G>(to_float(dout[i]) * (s + 2.0f * x * s * (1.0f - s) * du));
   }
 }
 
@@ -48,13 +48,13 @@ cudaError_t launch_gelu_forward(T* out, const T* inp, size_t n, cudaStream_t str
   NURI_LAUNCH(gelu_forward_kernel<T>, grid, kBlock, 0, stream, out, inp, n);
   return cudaGetLastError();
 }
-template <typename T>
-cudaError_t launch_gelu_backward(T* dinp, const T* inp, const T* dout, size_t n,
+template <typename In, typename G>
+cudaError_t launch_gelu_backward(G* dinp, const In* inp, const G* dout, size_t n,
                                  cudaStream_t stream) {
   NURI_NVTX_RANGE("gelu_backward");
   if (n == 0) return cudaSuccess;
   const unsigned grid = stride_blocks(n, kBlock);
-  NURI_LAUNCH(gelu_backward_kernel<T>, grid, kBlock, 0, stream, dinp, inp, dout, n);
+  NURI_LAUNCH((gelu_backward_kernel<In, G>), grid, kBlock, 0, stream, dinp, inp, dout, n);
   return cudaGetLastError();
 }
 }  // namespace
@@ -72,6 +72,10 @@ cudaError_t gelu_backward(float* dinp, const float* inp, const float* dout, size
 }
 cudaError_t gelu_backward(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
                           const __nv_bfloat16* dout, size_t n, cudaStream_t stream) {
+  return launch_gelu_backward(dinp, inp, dout, n, stream);
+}
+cudaError_t gelu_backward(float* dinp, const __nv_bfloat16* inp, const float* dout, size_t n,
+                          cudaStream_t stream) {
   return launch_gelu_backward(dinp, inp, dout, n, stream);
 }
 

@@ -2,7 +2,9 @@
 // twin of the CPU backend's gemm (src/backend/cpu, fp32) on bf16-rounded inputs:
 //   C (M,N) fp32 = epilogue(alpha * op(A) op(B) [+ beta C]),   op(X) = X or X^T
 //   A bf16 (M,K) row-major, stride lda (or (K,M) when trans_a); B bf16 (K,N), stride ldb (or (N,K)
-//   when trans_b); C fp32 (M,N), stride ldc; bias fp32 (N); pre_gelu fp32 (M,N), stride ldc.
+//   when trans_b); C fp32 (M,N), stride ldc; bias fp32 (N); pre_gelu fp32 (M,N), stride ldc. C and
+//   pre_gelu may instead be bf16 (the model's bf16 activations): the epilogue computes in fp32
+//   and rounds each result once.
 //   Epilogues (gemm.cuh): none, + bias[col], + bias[col] then GELU (tanh approximation, as in
 //   gelu.cu) with the pre-activation optionally stored.
 // Launch: grid (ceil(N/128), ceil(M/128)), block 256 threads = 8 warps; each block owns one
@@ -165,13 +167,13 @@ NURI_UNROLL
 }
 }  // namespace
 
-template <class Layout>
+template <class Layout, typename Out>
 NURI_GEMM_LAUNCH_BOUNDS __global__ void gemm_bf16_kernel(int M, int N, int K, float alpha,
                                                          const __nv_bfloat16* A, int lda,
                                                          bool vec_a, const __nv_bfloat16* B,
-                                                         int ldb, bool vec_b, float beta, float* C,
+                                                         int ldb, bool vec_b, float beta, Out* C,
                                                          int ldc, const float* bias,
-                                                         GemmEpilogue epilogue, float* pre_gelu) {
+                                                         GemmEpilogue epilogue, Out* pre_gelu) {
   constexpr bool kTransA = Layout::trans_a;
   constexpr bool kTransB = Layout::trans_b;
   using TileOfA = std::conditional_t<kTransA, TileAT, TileA>;
@@ -277,27 +279,27 @@ NURI_UNROLL
         if (row >= M || col >= N) continue;
         const size_t idx = size_t(row) * ldc + col;
         float v = alpha * scratch[r * kScratchLd + lane % kFrag];
-        if (beta != 0.0f) v += beta * C[idx];
+        if (beta != 0.0f) v += beta * to_float(C[idx]);
         v += bias_col;
         if (epilogue == GemmEpilogue::bias_gelu) {
-          if (pre_gelu) pre_gelu[idx] = v;
+          if (pre_gelu) pre_gelu[idx] = from_float<Out>(v);
           v = gelu_tanh(v);
         }
-        C[idx] = v;
+        C[idx] = from_float<Out>(v);
       }
       __syncwarp();  // all lanes have read the scratch before the next fragment overwrites it
     }
 }
 
 namespace {
-template <bool kTransA, bool kTransB>
+template <bool kTransA, bool kTransB, typename Out>
 cudaError_t launch_gemm(dim3 grid, int M, int N, int K, float alpha, const __nv_bfloat16* A,
                         int lda, bool vec_a, const __nv_bfloat16* B, int ldb, bool vec_b,
-                        float beta, float* C, int ldc, const float* bias, GemmEpilogue epilogue,
-                        float* pre_gelu, cudaStream_t stream) {
+                        float beta, Out* C, int ldc, const float* bias, GemmEpilogue epilogue,
+                        Out* pre_gelu, cudaStream_t stream) {
   using Layout = GemmLayout<kTransA, kTransB>;
-  NURI_LAUNCH(gemm_bf16_kernel<Layout>, grid, kThreads, 0, stream, M, N, K, alpha, A, lda, vec_a,
-              B, ldb, vec_b, beta, C, ldc, bias, epilogue, pre_gelu);
+  NURI_LAUNCH((gemm_bf16_kernel<Layout, Out>), grid, kThreads, 0, stream, M, N, K, alpha, A, lda,
+              vec_a, B, ldb, vec_b, beta, C, ldc, bias, epilogue, pre_gelu);
   return cudaGetLastError();
 }
 
@@ -307,11 +309,12 @@ bool vectorizable(const __nv_bfloat16* X, int ld) {
 }
 }  // namespace
 
-cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                      const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
-                      float* C, int ldc, const float* bias, GemmEpilogue epilogue, float* pre_gelu,
-                      cudaStream_t stream) {
-  NURI_NVTX_RANGE("gemm_bf16");
+namespace {
+template <typename Out>
+cudaError_t run_gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                     Out* C, int ldc, const float* bias, GemmEpilogue epilogue, Out* pre_gelu,
+                     cudaStream_t stream) {
   if (M < 0 || N < 0 || K < 0) return cudaErrorInvalidValue;
   if (lda < (trans_a ? M : K) || ldb < (trans_b ? K : N) || ldc < N) return cudaErrorInvalidValue;
   if (epilogue != GemmEpilogue::none && epilogue != GemmEpilogue::bias &&
@@ -336,6 +339,25 @@ cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alp
                                     ldc, bias, epilogue, pre_gelu, stream);
   return launch_gemm<true, true>(grid, M, N, K, alpha, A, lda, vec_a, B, ldb, vec_b, beta, C, ldc,
                                  bias, epilogue, pre_gelu, stream);
+}
+}  // namespace
+
+cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                      const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                      float* C, int ldc, const float* bias, GemmEpilogue epilogue, float* pre_gelu,
+                      cudaStream_t stream) {
+  NURI_NVTX_RANGE("gemm_bf16");
+  return run_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, epilogue,
+                  pre_gelu, stream);
+}
+
+cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                      const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                      __nv_bfloat16* C, int ldc, const float* bias, GemmEpilogue epilogue,
+                      __nv_bfloat16* pre_gelu, cudaStream_t stream) {
+  NURI_NVTX_RANGE("gemm_bf16 (bf16 out)");
+  return run_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, epilogue,
+                  pre_gelu, stream);
 }
 
 }  // namespace nuri::cuda

@@ -31,11 +31,13 @@ struct GemmLayout {
 
 // One 128 x 128 tile of C per block of 256 threads (gemm.cu). vec_a / vec_b: the operand may be
 // read 8 elements (16 bytes) at a time (pointer 16-byte aligned and stride a multiple of 8).
-template <class Layout>
+// Out: the storage of C and pre_gelu, float or __nv_bfloat16 (the epilogue's math is fp32, its
+// results rounded once).
+template <class Layout, typename Out>
 __global__ void gemm_bf16_kernel(int M, int N, int K, float alpha, const __nv_bfloat16* A, int lda,
                                  bool vec_a, const __nv_bfloat16* B, int ldb, bool vec_b,
-                                 float beta, float* C, int ldc, const float* bias,
-                                 GemmEpilogue epilogue, float* pre_gelu);
+                                 float beta, Out* C, int ldc, const float* bias,
+                                 GemmEpilogue epilogue, Out* pre_gelu);
 
 // C (M,N) fp32 = epilogue(alpha * op(A) op(B)); op(X) = X or X^T.
 // A is (M,K) row-major with row stride lda, or (K,M) when trans_a; B is (K,N) with row stride ldb,
@@ -51,5 +53,11 @@ cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alp
                       const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
                       float* C, int ldc, const float* bias, GemmEpilogue epilogue, float* pre_gelu,
                       cudaStream_t stream);
+// The same with C and pre_gelu in bf16 (the bf16 activations the model keeps): each fp32 result
+// rounded once, to nearest even; with beta != 0 the bf16 C is read widened.
+cudaError_t gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                      const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb, float beta,
+                      __nv_bfloat16* C, int ldc, const float* bias, GemmEpilogue epilogue,
+                      __nv_bfloat16* pre_gelu, cudaStream_t stream);
 
 }  // namespace nuri::cuda

@@ -4,7 +4,8 @@
 //             out (N,C) = (x - mean) rstd w + b        (b may be null)
 //   backward: g = dout w;  dinp (N,C) += rstd (g - mean_c(g) - xhat mean_c(g xhat))
 //             dw (C) += sum_n dout xhat;  db (C) += sum_n dout
-// Layout: row-major (N, C); mean, rstd (N); weight, bias (C). All fp32.
+// Layout: row-major (N, C); mean, rstd (N); weight, bias (C). All fp32, except that the forward
+// may write out in bf16 (the fp32 value rounded once, to nearest even).
 // Launch:
 //   forward, backward_input: one block of 128 threads (4 warps) per row, grid N; threads stride
 //     over the row; row sums by warp shuffles, then one float per warp in shared memory
@@ -25,12 +26,13 @@ constexpr int kParamCols = 32;
 constexpr int kParamRows = 8;
 }  // namespace
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+template <typename Out>
+__global__ void layernorm_forward_kernel(Out* out, float* mean, float* rstd, const float* inp,
                                          const float* weight, const float* bias, int C,
                                          float eps) {
   const size_t row = blockIdx.x;
   const float* x = inp + row * C;
-  float* y = out + row * C;
+  Out* y = out + row * C;
   float sum = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) sum += x[c];
   const float m = block_reduce_sum(sum) / C;
@@ -39,7 +41,7 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   const float rs = rsqrtf(block_reduce_sum(var) / C + eps);
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     const float v = (x[c] - m) * rs * weight[c];
-    y[c] = bias ? v + bias[c] : v;
+    y[c] = from_float<Out>(bias ? v + bias[c] : v);
   }
   if (threadIdx.x == 0) {
     mean[row] = m;
@@ -99,15 +101,29 @@ __global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, c
   }
 }
 
-cudaError_t layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                              const float* weight, const float* bias, int N, int C, float eps,
-                              cudaStream_t stream) {
+namespace {
+template <typename Out>
+cudaError_t launch_layernorm_forward(Out* out, float* mean, float* rstd, const float* inp,
+                                     const float* weight, const float* bias, int N, int C,
+                                     float eps, cudaStream_t stream) {
   NURI_NVTX_RANGE("layernorm_forward");
   if (N < 0 || C <= 0) return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
-  NURI_LAUNCH(layernorm_forward_kernel, unsigned(N), kRowBlock, 0, stream, out, mean, rstd, inp,
-              weight, bias, C, eps);
+  NURI_LAUNCH(layernorm_forward_kernel<Out>, unsigned(N), kRowBlock, 0, stream, out, mean, rstd,
+              inp, weight, bias, C, eps);
   return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C, float eps,
+                              cudaStream_t stream) {
+  return launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps, stream);
+}
+cudaError_t layernorm_forward(__nv_bfloat16* out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C, float eps,
+                              cudaStream_t stream) {
+  return launch_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps, stream);
 }
 
 cudaError_t layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,

@@ -2,7 +2,8 @@
 //   forward:  rstd = 1/sqrt(sum_c x^2 / C + eps);  out (N,C) = x rstd w
 //   backward: g = dout w;  dinp (N,C) += rstd g - x rstd^3 sum_c(g x) / C
 //             dw (C) += sum_n dout x rstd
-// Layout: row-major (N, C); rstd (N); weight (C). All fp32.
+// Layout: row-major (N, C); rstd (N); weight (C). All fp32, except that the forward may write out
+// in bf16 (the fp32 value rounded once, to nearest even).
 // Launch (as layernorm.cu):
 //   forward, backward_input: one block of 128 threads (4 warps) per row, grid N; row sums by warp
 //     shuffles and one float per warp in shared memory (block_reduce_sum). Any C > 0.
@@ -19,15 +20,16 @@ constexpr int kParamCols = 32;
 constexpr int kParamRows = 8;
 }  // namespace
 
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp,
+template <typename Out>
+__global__ void rmsnorm_forward_kernel(Out* out, float* rstd, const float* inp,
                                        const float* weight, int C, float eps) {
   const size_t row = blockIdx.x;
   const float* x = inp + row * C;
-  float* y = out + row * C;
+  Out* y = out + row * C;
   float ss = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
   const float rs = rsqrtf(block_reduce_sum(ss) / C + eps);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = x[c] * rs * weight[c];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = from_float<Out>(x[c] * rs * weight[c]);
   if (threadIdx.x == 0) rstd[row] = rs;
 }
 
@@ -62,14 +64,26 @@ __global__ void rmsnorm_backward_params_kernel(float* dweight, const float* dout
   }
 }
 
-cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N,
-                            int C, float eps, cudaStream_t stream) {
+namespace {
+template <typename Out>
+cudaError_t launch_rmsnorm_forward(Out* out, float* rstd, const float* inp, const float* weight,
+                                   int N, int C, float eps, cudaStream_t stream) {
   NURI_NVTX_RANGE("rmsnorm_forward");
   if (N < 0 || C <= 0) return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
-  NURI_LAUNCH(rmsnorm_forward_kernel, unsigned(N), kRowBlock, 0, stream, out, rstd, inp, weight, C,
-              eps);
+  NURI_LAUNCH(rmsnorm_forward_kernel<Out>, unsigned(N), kRowBlock, 0, stream, out, rstd, inp,
+              weight, C, eps);
   return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N,
+                            int C, float eps, cudaStream_t stream) {
+  return launch_rmsnorm_forward(out, rstd, inp, weight, N, C, eps, stream);
+}
+cudaError_t rmsnorm_forward(__nv_bfloat16* out, float* rstd, const float* inp, const float* weight,
+                            int N, int C, float eps, cudaStream_t stream) {
+  return launch_rmsnorm_forward(out, rstd, inp, weight, N, C, eps, stream);
 }
 
 cudaError_t rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,

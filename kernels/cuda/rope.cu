@@ -7,7 +7,8 @@
 // rotated inside a fused qkv row), heads contiguous and D apart. table (T, D/2, 2) = (cos, sin).
 // Numerics: the table is computed in double and rounded to float, exactly as the CPU backend
 // does, so far positions keep the angle's precision (t theta^(-2i/D) in fp32 loses ~1e-4 rad at
-// t ~ 2000). The rotation itself is fp32.
+// t ~ 2000). The rotation itself is fp32; x may be stored in bf16 (read widened, each result
+// rounded once to nearest even).
 // Launch: rope_table_kernel: one thread per (t, i), block 256. rope_kernel: one thread per
 // (b, t, h, i) pair, grid-stride, block 256, grid = min(ceil(B T nh D/2 / 256), 65535).
 // No shared memory. Constraints: D even, row_stride >= nh D.
@@ -32,7 +33,8 @@ __global__ void rope_table_kernel(float* table, int T, int D, float theta) {
   }
 }
 
-__global__ void rope_kernel(float* x, const float* table, int B, int T, int nh, int D,
+template <typename T_>
+__global__ void rope_kernel(T_* x, const float* table, int B, int T, int nh, int D,
                             int row_stride, bool inverse) {
   const int half = D / 2;
   const size_t total = size_t(B) * T * nh * half;
@@ -44,12 +46,12 @@ __global__ void rope_kernel(float* x, const float* table, int B, int T, int nh, 
     const int h = int(rh % nh);
     const size_t r = rh / nh;  // (b, t)
     const int t = int(r % T);
-    float* x1 = x + r * row_stride + size_t(h) * D;
+    T_* x1 = x + r * row_stride + size_t(h) * D;
     const float c = table[(size_t(t) * half + i) * 2];
     const float sn = sin_sign * table[(size_t(t) * half + i) * 2 + 1];
-    const float a = x1[i], b = x1[i + half];
-    x1[i] = a * c - b * sn;
-    x1[i + half] = a * sn + b * c;
+    const float a = to_float(x1[i]), b = to_float(x1[i + half]);
+    x1[i] = from_float<T_>(a * c - b * sn);
+    x1[i + half] = from_float<T_>(a * sn + b * c);
   }
 }
 
@@ -63,16 +65,28 @@ cudaError_t rope_table(float* table, int T, int D, float theta, cudaStream_t str
   return cudaGetLastError();
 }
 
-cudaError_t rope(float* x, const float* table, int B, int T, int nh, int D, int row_stride,
-                 bool inverse, cudaStream_t stream) {
+namespace {
+template <typename T_>
+cudaError_t launch_rope(T_* x, const float* table, int B, int T, int nh, int D, int row_stride,
+                        bool inverse, cudaStream_t stream) {
   NURI_NVTX_RANGE("rope");
   if (B < 0 || T < 0 || nh <= 0 || D <= 0 || D % 2 != 0 || row_stride < nh * D)
     return cudaErrorInvalidValue;
   if (B == 0 || T == 0) return cudaSuccess;
   const size_t total = size_t(B) * T * nh * (D / 2);
-  NURI_LAUNCH(rope_kernel, stride_blocks(total, kBlock), kBlock, 0, stream, x, table,
+  NURI_LAUNCH(rope_kernel<T_>, stride_blocks(total, kBlock), kBlock, 0, stream, x, table,
               B, T, nh, D, row_stride, inverse);
   return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t rope(float* x, const float* table, int B, int T, int nh, int D, int row_stride,
+                 bool inverse, cudaStream_t stream) {
+  return launch_rope(x, table, B, T, nh, D, row_stride, inverse, stream);
+}
+cudaError_t rope(__nv_bfloat16* x, const float* table, int B, int T, int nh, int D, int row_stride,
+                 bool inverse, cudaStream_t stream) {
+  return launch_rope(x, table, B, T, nh, D, row_stride, inverse, stream);
 }
 
 }  // namespace nuri::cuda

@@ -25,8 +25,8 @@ __global__ void swiglu_forward_kernel(T* out, const T* inp, int N, int F) {
   }
 }
 
-template <typename T>
-__global__ void swiglu_backward_kernel(T* dinp, const T* inp, const T* dout, int N, int F) {
+template <typename In, typename G>
+__global__ void swiglu_backward_kernel(G* dinp, const In* inp, const G* dout, int N, int F) {
   const size_t total = size_t(N) * F;
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -35,8 +35,8 @@ __global__ void swiglu_backward_kernel(T* dinp, const T* inp, const T* dout, int
     const float u = to_float(inp[n * 2 * F + F + j]);
     const float dy = to_float(dout[i]);
     const float s = 1.0f / (1.0f + expf(-g));
-    dinp[n * 2 * F + j] = from_float<T>(dy * u * s * (1.0f + g * (1.0f - s)));
-    dinp[n * 2 * F + F + j] = from_float<T>(dy * g * s);
+    dinp[n * 2 * F + j] = from_float<G>(dy * u * s * (1.0f + g * (1.0f - s)));
+    dinp[n * 2 * F + F + j] = from_float<G>(dy * g * s);
   }
 }
 
@@ -52,14 +52,14 @@ cudaError_t launch_swiglu_forward(T* out, const T* inp, int N, int F, cudaStream
   NURI_LAUNCH(swiglu_forward_kernel<T>, grid_for(N, F), kBlock, 0, stream, out, inp, N, F);
   return cudaGetLastError();
 }
-template <typename T>
-cudaError_t launch_swiglu_backward(T* dinp, const T* inp, const T* dout, int N, int F,
+template <typename In, typename G>
+cudaError_t launch_swiglu_backward(G* dinp, const In* inp, const G* dout, int N, int F,
                                    cudaStream_t stream) {
   NURI_NVTX_RANGE("swiglu_backward");
   if (N < 0 || F <= 0) return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
-  NURI_LAUNCH(swiglu_backward_kernel<T>, grid_for(N, F), kBlock, 0, stream, dinp, inp, dout, N,
-              F);
+  NURI_LAUNCH((swiglu_backward_kernel<In, G>), grid_for(N, F), kBlock, 0, stream, dinp, inp, dout,
+              N, F);
   return cudaGetLastError();
 }
 }  // namespace
@@ -77,6 +77,10 @@ cudaError_t swiglu_backward(float* dinp, const float* inp, const float* dout, in
 }
 cudaError_t swiglu_backward(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
                             const __nv_bfloat16* dout, int N, int F, cudaStream_t stream) {
+  return launch_swiglu_backward(dinp, inp, dout, N, F, stream);
+}
+cudaError_t swiglu_backward(float* dinp, const __nv_bfloat16* inp, const float* dout, int N, int F,
+                            cudaStream_t stream) {
   return launch_swiglu_backward(dinp, inp, dout, N, F, stream);
 }
 

@@ -55,7 +55,7 @@ void dry_run(const RunConfig& cfg) {
   std::printf("  AdamW moments       %s\n", gib(e.adam_bytes).c_str());
   std::printf("  activations         %s (with model.recompute: %s)%s\n", gib(e.activations_bytes).c_str(),
               gib(e.activations_recompute_bytes).c_str(),
-              m.bf16_activations(facts.bf16_matmul_inputs) ? "  [saved activations in bf16]" : "");
+              m.bf16_activations(facts.bf16_matmul_inputs) ? "  [activations in bf16]" : "");
   if (e.weight_copy_bytes > 0)
     std::printf("  bf16 weight copy    %s (backend = \"%s\": its matrix products read it)\n",
                 gib(e.weight_copy_bytes).c_str(), cfg.backend.c_str());

@@ -309,8 +309,8 @@ TEST_CASE("rope (half-split, row stride, inverse)", "[rope]") {
       check_close("rope round trip", x, x0, 1e-5f, 1e-5f);
     }
   }
-  CHECK(cu::rope(nullptr, nullptr, 1, 1, 1, 3, 3, false, kStream) == cudaErrorInvalidValue);
-  CHECK(cu::rope(nullptr, nullptr, 1, 1, 2, 4, 7, false, kStream) == cudaErrorInvalidValue);
+  CHECK(cu::rope(static_cast<float*>(nullptr), nullptr, 1, 1, 1, 3, 3, false, kStream) == cudaErrorInvalidValue);
+  CHECK(cu::rope(static_cast<float*>(nullptr), nullptr, 1, 1, 2, 4, 7, false, kStream) == cudaErrorInvalidValue);
   CHECK(cu::rope_table(nullptr, 4, 4, 0.0f, kStream) == cudaErrorInvalidValue);
 }
 

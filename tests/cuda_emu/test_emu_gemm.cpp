@@ -12,11 +12,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cast.cuh"
 #include "gemm.cuh"
 // After the kernel headers (emu_test_util.hpp).
 #include "emu_test_util.hpp"
@@ -243,6 +245,45 @@ TEST_CASE("gemm_bf16: epilogues bias and bias_gelu", "[gemm]") {
   }
 }
 
+TEST_CASE("gemm_bf16: bf16 output is the fp32 output rounded, bit for bit", "[gemm]") {
+  // The same epilogue math, rounded once when stored: fp32 C then cast_f32_to_bf16 must give the
+  // same bits, pre_gelu included; with beta the bf16 C is read widened.
+  struct Out16 {
+    bool ta, tb;
+    int M, N, K;
+    float beta;
+    GemmEpilogue epilogue;
+  };
+  const Out16 cases[] = {{false, true, 33, 70, 40, 0.0f, GemmEpilogue::bias},
+                         {false, true, 130, 133, 33, 0.0f, GemmEpilogue::bias_gelu},
+                         {false, true, 17, 24, 16, 0.0f, GemmEpilogue::none},
+                         {false, false, 5, 33, 17, 0.5f, GemmEpilogue::bias}};
+  uint32_t seed = 900;
+  for (const Out16& e : cases) {
+    INFO("M " << e.M << " N " << e.N << " K " << e.K << " beta " << e.beta);
+    const int lda = e.ta ? e.M : e.K, ldb = e.tb ? e.K : e.N;
+    const Bf16Vec A = make_operand(e.ta ? e.K : e.M, lda, lda, seed);
+    const Bf16Vec B = make_operand(e.tb ? e.N : e.K, ldb, ldb, seed + 1);
+    const Vec bias = random_vec(size_t(e.N), seed + 2);
+    const size_t n = size_t(e.M) * e.N;
+    const Bf16Vec c0 = to_bf16(random_vec(n, seed + 3));
+    Vec C32 = from_bf16(c0), pre32(n, 0.0f);
+    Bf16Vec C16 = c0, pre16(n), want16(n), wantpre16(n);
+    const float* b = e.epilogue == GemmEpilogue::none ? nullptr : bias.data();
+    REQUIRE(cu::gemm_bf16(e.ta, e.tb, e.M, e.N, e.K, 0.75f, A.data(), lda, B.data(), ldb, e.beta, C32.data(), e.N,
+                          b, e.epilogue, pre32.data(), kStream) == cudaSuccess);
+    REQUIRE(cu::gemm_bf16(e.ta, e.tb, e.M, e.N, e.K, 0.75f, A.data(), lda, B.data(), ldb, e.beta, C16.data(), e.N,
+                          b, e.epilogue, pre16.data(), kStream) == cudaSuccess);
+    REQUIRE(cu::cast_f32_to_bf16(want16.data(), C32.data(), n, kStream) == cudaSuccess);
+    CHECK(std::memcmp(C16.data(), want16.data(), n * sizeof(__nv_bfloat16)) == 0);
+    if (e.epilogue == GemmEpilogue::bias_gelu) {
+      REQUIRE(cu::cast_f32_to_bf16(wantpre16.data(), pre32.data(), n, kStream) == cudaSuccess);
+      CHECK(std::memcmp(pre16.data(), wantpre16.data(), n * sizeof(__nv_bfloat16)) == 0);
+    }
+    seed += 10;
+  }
+}
+
 TEST_CASE("gemm_bf16: zero sizes", "[gemm]") {
   // K = 0: the epilogue of 0 (beta C + bias, then GELU); A and B are not read (null here).
   GemmCase k0{false, true, 17, 33, 0, 1.0f, 0.5f, 0, 0, 2};
@@ -258,8 +299,8 @@ TEST_CASE("gemm_bf16: zero sizes", "[gemm]") {
                       nullptr, GemmEpilogue::none, nullptr, kStream) == cudaSuccess);
   CHECK(cu::gemm_bf16(false, false, 2, 0, 4, 1.0f, ab.data(), 4, ab.data(), 0, 0.0f, C.data(), 4,
                       nullptr, GemmEpilogue::none, nullptr, kStream) == cudaSuccess);
-  CHECK(cu::gemm_bf16(true, true, 0, 0, 0, 1.0f, nullptr, 0, nullptr, 0, 0.0f, nullptr, 0, nullptr,
-                      GemmEpilogue::none, nullptr, kStream) == cudaSuccess);
+  CHECK(cu::gemm_bf16(true, true, 0, 0, 0, 1.0f, nullptr, 0, nullptr, 0, 0.0f, static_cast<float*>(nullptr), 0,
+                      nullptr, GemmEpilogue::none, nullptr, kStream) == cudaSuccess);
   for (float v : C) CHECK(v == kSentinel);
 }
 

@@ -82,6 +82,36 @@ void ops(Backend& gpu, Backend& cpu) {
     compare("linear_backward dweight", gdw.get(), dw, 1e-4);
     compare("linear_backward dbias", gdb.get(), db, 1e-5);
   }
+  {  // bf16 activations: the gpt2-124m MLP's first layer (bias and GELU fused, bf16 out), and qkv
+    const int N = 512, IC = 768, OC = 3072;
+    const Vec x = bf16_randn(size_t(N) * IC, 11), w = bf16_randn(size_t(OC) * IC, 12, 0.02), b = bf16_randn(OC, 13);
+    std::vector<bf16_t> hx(x.size()), pre(size_t(N) * OC), out(size_t(N) * OC), y(size_t(N) * OC);
+    for (size_t i = 0; i < x.size(); ++i) hx[i] = bf16_round(x[i]);
+    // bf16 device buffers: two values per float of an alloc() buffer.
+    Buf gx32(gpu, x), gx(gpu, (x.size() + 1) / 2), gw(gpu, w), gb(gpu, b), gpre(gpu, pre.size() / 2),
+        gout(gpu, out.size() / 2), gy(gpu, y.size() / 2);
+    gpu.to_bf16(reinterpret_cast<bf16_t*>(gx.p), gx32.p, x.size());
+    auto widened = [&](const Buf& g, size_t n) {
+      const Vec raw = g.get();
+      Vec v(n);
+      for (size_t i = 0; i < n; ++i) v[i] = bf16_widen(reinterpret_cast<const bf16_t*>(raw.data())[i]);
+      return v;
+    };
+    auto widen_host = [](const std::vector<bf16_t>& h) {
+      Vec v(h.size());
+      for (size_t i = 0; i < h.size(); ++i) v[i] = bf16_widen(h[i]);
+      return v;
+    };
+    cpu.linear_gelu_forward(pre.data(), out.data(), hx.data(), w.data(), b.data(), N, IC, OC);
+    gpu.linear_gelu_forward(reinterpret_cast<bf16_t*>(gpre.p), reinterpret_cast<bf16_t*>(gout.p),
+                            reinterpret_cast<const bf16_t*>(gx.p), gw.p, gb.p, N, IC, OC);
+    compare("linear_gelu_forward bf16 -> bf16 pre", widened(gpre, pre.size()), widen_host(pre), 1e-2);
+    compare("linear_gelu_forward bf16 -> bf16 out", widened(gout, out.size()), widen_host(out), 1e-2);
+    cpu.linear_forward(y.data(), hx.data(), w.data(), b.data(), N, IC, OC);
+    gpu.linear_forward(reinterpret_cast<bf16_t*>(gy.p), reinterpret_cast<const bf16_t*>(gx.p), gw.p, gb.p, N, IC,
+                       OC);
+    compare("linear_forward bf16 -> bf16 (+bias)", widened(gy, y.size()), widen_host(y), 1e-2);
+  }
   {  // the gpt2 LM head with cross-entropy
     const int N = 64, C = 768, V = 50257;
     const Vec x = bf16_randn(size_t(N) * C, 5), w = bf16_randn(size_t(V) * C, 6, 0.02);

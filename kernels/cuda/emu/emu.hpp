@@ -290,10 +290,12 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   run(std::forward<Args>(args)...);
 }
 
-// Adds a kernel's name (without template arguments) to launched_kernels().
+// Adds a kernel's name (without template arguments, or the parentheses around a template with
+// several, which NURI_LAUNCH needs for their commas) to launched_kernels().
 inline void record_launch(const char* name) {
   std::lock_guard<std::mutex> lock(launch_mutex());
   std::string base(name);
+  if (!base.empty() && base.front() == '(') base.erase(0, 1);
   base = base.substr(0, base.find('<'));  // a template's name without its arguments
   while (!base.empty() && base.back() == ' ') base.pop_back();
   launched_kernels().insert(base);

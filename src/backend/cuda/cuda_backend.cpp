@@ -51,7 +51,7 @@ const bf16* dev(const bf16_t* p) { return reinterpret_cast<const bf16*>(p); }
 // Device scratch the ops reuse (device memory, never seen by the host).
 enum Slot {
   kBf16A, kBf16B, kBf16C, kBf16D, kTokens, kLogits, kLosses, kWorkspace, kDouble,
-  kF32A, kF32B,    // fp32 results of the bf16 activation ops that have no bf16 kernel yet
+  kF32A, kF32B,    // fp32 results the bf16 activation ops round (cuBLASLt's products, fp32 attention)
   kFrozenWeights,  // the bf16 copy of the weights between freeze_weights and unfreeze_weights
   kAdamwChunks,    // the fused AdamW's chunk table for adamw_segments_
   kSlots
@@ -216,9 +216,9 @@ class CudaBackend final : public Backend {
   // "auto" keeps fp32 activations there.)
   bool bf16_matmul_inputs(int head_dim) const override { return use_bf16_attention(head_dim); }
 
-  // The products and the bf16 attention read these activations as they are, with no cast; the ops
-  // without a bf16 kernel yet (the norms, RoPE, SwiGLU, the GELU backward, and the products that
-  // write bf16) compute in fp32 scratch and cast once.
+  // The kernels read and write these activations in bf16 as they are, with no cast, except where
+  // cuBLASLt runs a product that writes bf16 (it writes fp32 scratch, cast once: matmul16) and
+  // the fp32 attention kernels (head dims other than 64 and 128: widened into scratch).
   using Backend::attention_backward;
   using Backend::attention_forward;
   using Backend::gelu_backward;
@@ -233,23 +233,22 @@ class CudaBackend final : public Backend {
 
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int N, int C, float eps) override {
-    float* y = scratch<float>(kF32A, size_t(N) * size_t(std::max(C, 0)));
-    check(cuda::layernorm_forward(y, mean, rstd, inp, weight, bias, N, C, eps, stream_), "layernorm_forward (bf16)");
-    cast_out("layernorm_forward (bf16)", out, y, size_t(N) * size_t(C));
+    check(cuda::layernorm_forward(dev(out), mean, rstd, inp, weight, bias, N, C, eps, stream_),
+          "layernorm_forward (bf16)");
+    finish("layernorm_forward (bf16)");
   }
   void rmsnorm_forward(bf16_t* out, float* rstd, const float* inp, const float* weight, int N, int C,
                        float eps) override {
-    float* y = scratch<float>(kF32A, size_t(N) * size_t(std::max(C, 0)));
-    check(cuda::rmsnorm_forward(y, rstd, inp, weight, N, C, eps, stream_), "rmsnorm_forward (bf16)");
-    cast_out("rmsnorm_forward (bf16)", out, y, size_t(N) * size_t(C));
+    check(cuda::rmsnorm_forward(dev(out), rstd, inp, weight, N, C, eps, stream_), "rmsnorm_forward (bf16)");
+    finish("rmsnorm_forward (bf16)");
   }
   void linear_forward(bf16_t* out, const bf16_t* inp, const float* weight, const float* bias, int N, int IC,
                       int OC) override {
     check_linear("linear_forward (bf16)", N, IC, OC);
-    float* y = scratch<float>(kF32A, size_t(N) * size_t(OC));
-    linear_nt16("linear_forward (bf16)", y, dev(inp), weight, bias, N, IC, OC, 0.0f,
-                bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
-    cast_out("linear_forward (bf16)", out, y, size_t(N) * size_t(OC));
+    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+    matmul16("linear_forward (bf16)", N, OC, IC, dev(inp), w, dev(out), bias,
+             bias ? GemmEpilogue::bias : GemmEpilogue::none, nullptr);
+    finish("linear_forward (bf16)");
   }
   void linear_forward(float* out, const bf16_t* inp, const float* weight, const float* bias, int N, int IC, int OC,
                       bool accumulate) override {
@@ -261,42 +260,29 @@ class CudaBackend final : public Backend {
   void linear_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp, const float* weight, const float* bias,
                            int N, int IC, int OC) override {
     check_linear("linear_gelu_forward (bf16)", N, IC, OC);
-    const size_t n = size_t(N) * size_t(OC);
-    float* p = scratch<float>(kF32A, n);
-    float* y = scratch<float>(kF32B, n);
-    linear_nt16("linear_gelu_forward (bf16)", y, dev(inp), weight, bias, N, IC, OC, 0.0f, GemmEpilogue::bias_gelu, p);
-    if (n) check(cast_f32_to_bf16(dev(pre), p, n, stream_), "linear_gelu_forward (bf16): cast");
-    cast_out("linear_gelu_forward (bf16)", out, y, n);
+    const bf16* w = to_bf16(kBf16B, weight, OC, IC, IC);
+    matmul16("linear_gelu_forward (bf16)", N, OC, IC, dev(inp), w, dev(out), bias, GemmEpilogue::bias_gelu, dev(pre));
+    finish("linear_gelu_forward (bf16)");
   }
   void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const bf16_t* inp,
                        const float* weight, int N, int IC, int OC) override {
     linear_backward16("linear_backward (bf16 input)", dinp, dweight, dbias, dout, dev(inp), weight, N, IC, OC);
   }
   void gelu_backward(float* dinp, const bf16_t* inp, const float* dout, size_t n) override {
-    float* x = widen(kF32A, inp, n, "gelu_backward (bf16)");
-    check(cuda::gelu_backward(dinp, x, dout, n, stream_), "gelu_backward (bf16)");
+    check(cuda::gelu_backward(dinp, dev(inp), dout, n, stream_), "gelu_backward (bf16)");
     finish("gelu_backward (bf16)");
   }
   void swiglu_forward(bf16_t* out, const bf16_t* inp, int N, int F) override {
-    const size_t n = size_t(std::max(N, 0)) * size_t(std::max(F, 0));
-    float* x = widen(kF32A, inp, 2 * n, "swiglu_forward (bf16)");
-    float* y = scratch<float>(kF32B, n);
-    check(cuda::swiglu_forward(y, x, N, F, stream_), "swiglu_forward (bf16)");
-    cast_out("swiglu_forward (bf16)", out, y, n);
+    check(cuda::swiglu_forward(dev(out), dev(inp), N, F, stream_), "swiglu_forward (bf16)");
+    finish("swiglu_forward (bf16)");
   }
   void swiglu_backward(float* dinp, const bf16_t* inp, const float* dout, int N, int F) override {
-    const size_t n = size_t(std::max(N, 0)) * size_t(std::max(F, 0));
-    float* x = widen(kF32A, inp, 2 * n, "swiglu_backward (bf16)");
-    check(cuda::swiglu_backward(dinp, x, dout, N, F, stream_), "swiglu_backward (bf16)");
+    check(cuda::swiglu_backward(dinp, dev(inp), dout, N, F, stream_), "swiglu_backward (bf16)");
     finish("swiglu_backward (bf16)");
   }
   void rope(bf16_t* x, int B, int T, int nh, int D, int row_stride, float theta) override {
-    if (B <= 0 || T <= 0 || nh <= 0) return;
-    // The span from the first row's first rotated head to the last row's last (Backend::rope).
-    const size_t span = (size_t(B) * size_t(T) - 1) * size_t(row_stride) + size_t(nh) * size_t(D);
-    float* y = widen(kF32A, x, span, "rope (bf16)");
-    check(cuda::rope(y, rope_table_for(T, D, theta), B, T, nh, D, row_stride, false, stream_), "rope (bf16)");
-    cast_out("rope (bf16)", x, y, span);
+    check(cuda::rope(dev(x), rope_table_for(T, D, theta), B, T, nh, D, row_stride, false, stream_), "rope (bf16)");
+    finish("rope (bf16)");
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int H, int KV,
                          int D) override {
@@ -687,6 +673,27 @@ class CudaBackend final : public Backend {
     check_linear(op, N, IC, OC);
     linear_nt16(op, out, to_bf16(kBf16A, inp, N, IC, IC), weight, bias, N, IC, OC, beta, epilogue, pre_gelu);
     finish(op);
+  }
+  // C (M,N) bf16 = epilogue(x (M,K) @ w (N,K)^T [+ bias]), pre (bf16, with bias_gelu) the
+  // pre-activation; queued. Our GEMM writes bf16 directly; where the dispatcher picks cuBLASLt
+  // for the shape (the default until a GPU run's table says otherwise), cuBLASLt writes fp32
+  // scratch and one cast per output rounds it: the same bits either way.
+  void matmul16(const char* op, int M, int N, int K, const bf16* x, const bf16* w, bf16* C, const float* bias,
+                GemmEpilogue ep, bf16* pre) {
+    const size_t n = size_t(M) * size_t(N);
+#if !defined(NURI_CUDA_EMU)
+    if (gemm_->choose(GemmShapeKey{false, true, M, N, K, gemm_epilogue_name(ep)}) == GemmImpl::cublaslt) {
+      float* c = scratch<float>(kF32A, n);
+      float* p = pre ? scratch<float>(kF32B, n) : nullptr;
+      matmul(op, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, c, N, bias, ep, p);
+      if (n) check(cast_f32_to_bf16(C, c, n, stream_), op);
+      if (p && n) check(cast_f32_to_bf16(pre, p, n, stream_), op);
+      return;
+    }
+#else
+    (void)n;
+#endif
+    check(gemm_bf16(false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, C, N, bias, ep, pre, stream_), op);
   }
   // linear_nt's product once its input x (N,IC) is bf16 (queued; the caller finishes).
   void linear_nt16(const char* op, float* out, const bf16* x, const float* weight, const float* bias, int N, int IC,
