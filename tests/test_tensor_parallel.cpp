@@ -391,7 +391,7 @@ TEST_CASE("a tensor-parallel Model computes what one process computes", "[tp][mo
             scale = std::max(scale, std::abs(double(g_ref[i])));
             worst = std::max(worst, std::abs(double(g[i]) - g_ref[i]));
           }
-          INFO("bf16 saved activations: largest gradient difference " << worst << " of " << scale);
+          INFO("bf16 activations: largest gradient difference " << worst << " of " << scale);
           CHECK(worst <= 2e-3 * scale);
         } else {
           CHECK(max_error(g, g_ref) <= kTol);

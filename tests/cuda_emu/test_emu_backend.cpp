@@ -120,7 +120,7 @@ TEST_CASE("emulated cuda backend: frozen weights are cast once and never go stal
   g.unfreeze_weights();
 }
 
-TEST_CASE("emulated cuda backend: the memory estimate counts its bf16 weight copy and bf16 saved activations",
+TEST_CASE("emulated cuda backend: the memory estimate counts its bf16 weight copy and bf16 activations",
           "[backend]") {
   nuri::ModelConfig cfg = nuri::model_preset("gpt2-tiny");
   REQUIRE(cfg.head_dim() == 64);  // the bf16 attention's head dim
@@ -135,7 +135,7 @@ TEST_CASE("emulated cuda backend: the memory estimate counts its bf16 weight cop
   CHECK(on_gpu.activations_recompute_bytes < on_cpu.activations_recompute_bytes);  // its one set too
   CHECK(on_gpu.total(true) - on_gpu.activations_recompute_bytes ==
         on_cpu.total(true) - on_cpu.activations_recompute_bytes + on_gpu.weight_copy_bytes);
-  // A head dim the bf16 attention does not take keeps fp32 saved activations; the copy stays.
+  // A head dim the bf16 attention does not take keeps fp32 activations; the copy stays.
   cfg.n_head = 8;  // D = 48
   CHECK_FALSE(nuri::memory_facts(gpu(), cfg).bf16_matmul_inputs);
   CHECK(nuri::memory_facts(gpu(), cfg).frozen_weight_bytes == 2);
@@ -547,7 +547,7 @@ TEST_CASE("emulated cuda backend: bf16 activations (the default there) lose noth
     } else {
       CHECK(std::abs(lp - lf) <= 2e-3f * std::abs(lf));
     }
-    check_close_scaled(family + " gradients, bf16 against fp32 saved activations",
+    check_close_scaled(family + " gradients, bf16 against fp32 activations",
                        Vec(packed.grads(), packed.grads() + packed.num_params()),
                        Vec(plain.grads(), plain.grads() + plain.num_params()), 2e-2f);
     CHECK(packed.activation_bytes() < plain.activation_bytes());

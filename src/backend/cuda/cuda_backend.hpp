@@ -2,16 +2,15 @@
 // The cuda backend: the Backend interface on one NVIDIA GPU, through the kernels of kernels/cuda
 // (and cuBLASLt / cuDNN where they are faster: gemm_dispatch.hpp, cudnn_attention.hpp).
 //
-// Precision (mixed, as torch.autocast with bf16): every buffer of the interface is fp32 — the
-// parameters are the fp32 master weights, the AdamW moments are fp32, activations between ops are
-// fp32 — and the matrix products (linear layers, the LM head, attention with D = 64 or 128) run on
-// bf16 tensor cores with fp32 accumulation: their inputs are rounded to bf16 on the way in (cast
-// kernels into device scratch; the weights once per freeze_weights, into a bf16 copy of 2 bytes
-// per parameter that stays allocated), their outputs are fp32. Everything else (norms,
-// activations, RoPE, softmax, cross-entropy, AdamW) is fp32. The activations a model keeps for
-// its backward are stored packed in bf16 (pack_bf16; bf16_matmul_inputs(D) is true where the
-// attention at head dim D runs on bf16 tensor cores, so the model's activation_dtype = "auto"
-// chooses it there).
+// Precision: the parameters are fp32 master weights, the AdamW moments, the gradients and the
+// residual stream fp32; the matrix products (linear layers, the LM head, attention with D = 64 or
+// 128) run on bf16 tensor cores with fp32 accumulation, reading bf16 (the weights from one bf16
+// copy made per freeze_weights, 2 bytes per parameter, which stays allocated; fp32 operands cast
+// into device scratch). A model's large block activations are bf16 between ops (the bf16_t
+// overloads; bf16_matmul_inputs(D) is true where the attention at head dim D runs on bf16 tensor
+// cores, so activation_dtype = "auto" chooses them there): the norm, GEMM, RoPE and SwiGLU
+// kernels write them and the products, attention and backward kernels read them with no cast.
+// Everything else (softmax, cross-entropy, AdamW, reductions) computes in fp32.
 //
 // Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
 // (device_allocator.hpp), so the model's host-side reads and writes (initialisation, checkpoints,
