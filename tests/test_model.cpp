@@ -182,6 +182,13 @@ TEST_CASE("bf16 activations: loss and gradients within bf16 rounding, recompute 
     fp.activation_dtype = "fp32";
     CHECK(nuri::estimate_memory(cfg, batch.B, batch.T).activations_bytes <
           0.7 * nuri::estimate_memory(fp, batch.B, batch.T).activations_bytes);
+    // ... to the byte: bf16 saves in the arena what it saves in the estimate, up to the arena's
+    // 64-byte alignment of each of the six large tensors per layer.
+    const double est_saving = nuri::estimate_memory(fp, batch.B, batch.T).activations_bytes -
+                              nuri::estimate_memory(cfg, batch.B, batch.T).activations_bytes;
+    const double arena_saving = double(a.activation_bytes()) - double(b.activation_bytes());
+    INFO("saving: estimate " << est_saving << ", arena " << arena_saving);
+    CHECK(std::abs(arena_saving - est_saving) <= 64.0 * 6 * cfg.n_layer);
     // The CPU backend converts no weights: no copy is counted.
     const nuri::BackendMemoryFacts facts = nuri::memory_facts(*be, cfg);
     CHECK_FALSE(facts.bf16_matmul_inputs);

@@ -31,7 +31,7 @@ inline constexpr size_t kLmHeadChunkFloats = size_t(32) << 20;
 // bf16 storage: the upper 16 bits of an fp32 value (8 exponent bits, 7 mantissa bits). Plain
 // data of 2 bytes, the layout of CUDA's __nv_bfloat16; what the "bf16 activations" ops hold.
 struct bf16_t {
-  uint16_t bits;
+  uint16_t bits;  // sign, exponent, the top 7 mantissa bits
 };
 // x rounded to bf16: to nearest, ties to even; NaN stays a (quiet) NaN, infinities stay.
 inline bf16_t bf16_round(float x) {
@@ -238,11 +238,12 @@ class Backend {
   virtual int frozen_weight_bytes() const { return 0; }
 
   // ---- bf16 activations ----
-  // dst (n) = src rounded to bf16 (bf16_round); to_fp32 widens back. dst and src do not overlap.
-  // bf16 buffers live in this backend's memory: a float buffer from alloc() holds two bf16 values
-  // per float. The default converts on the host after synchronize() (a backend whose memory the
-  // host can read); the cuda backend queues a kernel.
+  // dst (n) = src rounded to bf16 (bf16_round); dst and src do not overlap. bf16 buffers live in
+  // this backend's memory: a float buffer from alloc() holds two bf16 values per float. The
+  // default converts on the host after synchronize() (a backend whose memory the host can read);
+  // the cuda backend queues a kernel.
   virtual void to_bf16(bf16_t* dst, const float* src, size_t n);
+  // dst (n) = src widened to fp32 (exact); as to_bf16.
   virtual void to_fp32(float* dst, const bf16_t* src, size_t n);
   // True when the matrix products, and attention at head dim D, round their inputs to bf16
   // anyway (the cuda backend, where its attention at D runs on bf16 tensor cores): holding those
@@ -251,16 +252,21 @@ class Backend {
     (void)head_dim;
     return false;
   }
-  // The ops a block's large activations pass through (norm outputs, qkv, the attention output,
-  // the MLP pre-activation and activation) with those tensors in bf16, which a model uses where
-  // its activations are bf16 (ModelConfig::bf16_activations): half the bytes to keep and to move. Each
-  // computes what the fp32 op of the same name computes from the widened bf16 inputs, and rounds
-  // its bf16 outputs once (bf16_round); the fp32 arguments (statistics, log-sum-exp, weights,
-  // gradients, the residual stream) mean what they mean there. The defaults do exactly that: widen
-  // into temporaries, run the fp32 op, round (any backend; host temporaries where
-  // accepts_host_buffers(), else alloc()); the cuda backend reads and writes bf16 directly.
+  // The ops below are those a block's large activations pass through (norm outputs, qkv, the
+  // attention output, the MLP pre-activation and activation), with those tensors in bf16, which
+  // a model uses where its activations are bf16 (ModelConfig::bf16_activations): half the bytes
+  // to keep and to move. Each computes what the fp32 op of the same name computes from the
+  // widened bf16 inputs, and rounds its bf16 outputs once (bf16_round); the fp32 arguments
+  // (statistics, log-sum-exp, weights, gradients, the residual stream) mean what they mean there.
+  // The defaults do exactly that: widen into temporaries, run the fp32 op, round (any backend;
+  // where accepts_host_buffers(), host temporaries kept per calling thread for the life of the
+  // process, sized by the largest op seen, about three N x FC floats; else alloc(), freed per
+  // op); the cuda backend reads and writes bf16 directly.
+  //
+  // layernorm_forward with a bf16 out.
   virtual void layernorm_forward(bf16_t* out, float* mean, float* rstd, const float* inp,
                                  const float* weight, const float* bias, int N, int C, float eps);
+  // rmsnorm_forward with a bf16 out.
   virtual void rmsnorm_forward(bf16_t* out, float* rstd, const float* inp, const float* weight,
                                int N, int C, float eps);
   // out (N,OC) bf16 = inp (N,IC) @ weight (OC,IC)^T + bias [bias may be null]; no accumulate.
@@ -269,17 +275,24 @@ class Backend {
   // out (N,OC) fp32 (+= when accumulate) from a bf16 inp: the row-parallel products.
   virtual void linear_forward(float* out, const bf16_t* inp, const float* weight, const float* bias,
                               int N, int IC, int OC, bool accumulate);
+  // linear_gelu_forward with bf16 inp, pre and out.
   virtual void linear_gelu_forward(bf16_t* pre, bf16_t* out, const bf16_t* inp,
                                    const float* weight, const float* bias, int N, int IC, int OC);
+  // linear_backward with a bf16 inp (the gradients fp32).
   virtual void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const bf16_t* inp, const float* weight, int N, int IC, int OC);
+  // gelu_backward with a bf16 inp (the gradients fp32).
   virtual void gelu_backward(float* dinp, const bf16_t* inp, const float* dout, size_t n);
+  // swiglu_forward with bf16 inp and out.
   virtual void swiglu_forward(bf16_t* out, const bf16_t* inp, int N, int F);
+  // swiglu_backward with a bf16 inp (the gradients fp32).
   virtual void swiglu_backward(float* dinp, const bf16_t* inp, const float* dout, int N, int F);
   // The forward rotation, in place on bf16 x (the backward rotates fp32 gradients: rope above).
   virtual void rope(bf16_t* x, int B, int T, int nh, int D, int row_stride, float theta);
+  // attention_forward with bf16 qkv and out (lse fp32).
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int H,
                                  int KV, int D);
+  // attention_backward from bf16 qkv and out (dout, lse and dqkv fp32).
   virtual void attention_backward(float* dqkv, const float* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int H, int KV,
                                   int D);

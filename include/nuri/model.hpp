@@ -105,7 +105,7 @@ struct MemoryEstimate {
 };
 // What estimate_memory needs to know of the backend that will run the model (memory_facts).
 struct BackendMemoryFacts {
-  bool bf16_matmul_inputs = false;  // Backend::bf16_matmul_inputs(head_dim()): "auto" saves bf16
+  bool bf16_matmul_inputs = false;  // Backend::bf16_matmul_inputs(head_dim()): "auto" means bf16
   int frozen_weight_bytes = 0;      // Backend::frozen_weight_bytes(): its weight copy, per parameter
 };
 // The facts of `backend` for a model of `cfg`.

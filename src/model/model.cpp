@@ -2,11 +2,12 @@
 // and loss. Forward and backward are written out per block; see model.hpp for the families and
 // for the tensor-parallel split (TP below), whose collectives come from TensorParallelOps.
 //
-// Activations for B*T = N rows (fp32); under TP, H, KV, F and V below are this rank's counts and
+// Activations for B*T = N rows (fp32, or bf16 where marked below); under TP, H, KV, F and V below are this rank's counts and
 // Nl = N/p under sequence parallelism (SP), else N:
 //   res[l]            (Nl,C)     input of block l (res[L] is the last block's output)
 //   per block (kept for every block, or for one block when recomputing):
-//     ln1, ln2        (N,C)      norm outputs (under SP: this rank's Nl rows, then all-gathered)
+//     ln1, ln2        (N,C)      norm outputs (under SP: this rank's Nl rows, then all-gathered;
+//                                in bf16, gathered in fp32 through `full` and rounded after)
 //     mean/rstd       (Nl)       norm statistics (mean1/rstd1, mean2/rstd2)
 //     qkv             (N,QKV)    QKV = (H+2KV)*D, after RoPE for llama
 //     att             (N,H*D)    attention output;  lse (B,H,T)
@@ -18,10 +19,10 @@
 //   statistics, lse and mid stay fp32, as do the residual stream and every gradient.
 //   head: lnf (N,C), meanf/rstdf (Nl)
 // Gradient scratch (one block at a time): dres (Nl,C), dln (N,C), datt (N,H*D), dqkv (N,QKV),
-// dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward and
-// the all-gathered residual gradient in backward under SP.
+// dfc (N,FC), dact (N,F); under TP also full (N,C): the row-parallel partial sums in forward,
+// the all-gathered residual gradient in backward under SP, and under SP with bf16 activations
+// each norm's fp32 output while it is gathered (so nothing may keep `full` across a norm).
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -431,9 +432,9 @@ struct Dims {
   bool gpt2;
 };
 
-// Carves the arena: hands out consecutive pieces of `base`, each starting 64 bytes after a
-// multiple of 64 (alloc's alignment), which the vector loads and the libraries (cuBLASLt, cuDNN)
-// want of every operand. With a null base it only counts, for the size to allocate.
+// Carves the arena: hands out consecutive pieces of `base`, each starting on a 64-byte boundary
+// (alloc() aligns the base so), as the vector loads and the libraries (cuBLASLt, cuDNN) want of
+// every operand. With a null base it only counts, for the size to allocate.
 class Carver {
  public:
   explicit Carver(float* base) : base_(base) {}

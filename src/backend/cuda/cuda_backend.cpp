@@ -57,6 +57,12 @@ enum Slot {
   kSlots
 };
 
+#if !defined(NURI_CUDA_EMU)
+// The most fp32 values a product that writes bf16 activations stages for cuBLASLt at once (per
+// output: matmul16), as the LM head's chunk of logits: 128 MiB.
+constexpr size_t kCastChunkFloats = kLmHeadChunkFloats;
+#endif
+
 // NURI_ATTENTION / NURI_GEMM style switches: "auto" unless set.
 std::string env_choice(const char* name, std::initializer_list<const char*> allowed) {
   const char* v = std::getenv(name);
@@ -677,21 +683,24 @@ class CudaBackend final : public Backend {
   // C (M,N) bf16 = epilogue(x (M,K) @ w (N,K)^T [+ bias]), pre (bf16, with bias_gelu) the
   // pre-activation; queued. Our GEMM writes bf16 directly; where the dispatcher picks cuBLASLt
   // for the shape (the default until a GPU run's table says otherwise), cuBLASLt writes fp32
-  // scratch and one cast per output rounds it: the same bits either way.
+  // scratch and one cast per output rounds it, the same bits, in chunks of rows that keep each
+  // scratch at most kCastChunkFloats (128 MiB).
   void matmul16(const char* op, int M, int N, int K, const bf16* x, const bf16* w, bf16* C, const float* bias,
                 GemmEpilogue ep, bf16* pre) {
-    const size_t n = size_t(M) * size_t(N);
 #if !defined(NURI_CUDA_EMU)
-    if (gemm_->choose(GemmShapeKey{false, true, M, N, K, gemm_epilogue_name(ep)}) == GemmImpl::cublaslt) {
-      float* c = scratch<float>(kF32A, n);
-      float* p = pre ? scratch<float>(kF32B, n) : nullptr;
-      matmul(op, false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, c, N, bias, ep, p);
-      if (n) check(cast_f32_to_bf16(C, c, n, stream_), op);
-      if (p && n) check(cast_f32_to_bf16(pre, p, n, stream_), op);
+    if (M > 0 && gemm_->choose(GemmShapeKey{false, true, M, N, K, gemm_epilogue_name(ep)}) == GemmImpl::cublaslt) {
+      const int chunk = int(std::clamp<size_t>(kCastChunkFloats / size_t(N), 1, size_t(M)));
+      float* c = scratch<float>(kF32A, size_t(chunk) * N);
+      float* p = pre ? scratch<float>(kF32B, size_t(chunk) * N) : nullptr;
+      for (int m0 = 0; m0 < M; m0 += chunk) {
+        const int rows = std::min(chunk, M - m0);
+        const size_t at = size_t(m0) * N, n = size_t(rows) * N;
+        matmul(op, false, true, rows, N, K, 1.0f, x + size_t(m0) * K, K, w, K, 0.0f, c, N, bias, ep, p);
+        check(cast_f32_to_bf16(C + at, c, n, stream_), op);
+        if (p) check(cast_f32_to_bf16(pre + at, p, n, stream_), op);
+      }
       return;
     }
-#else
-    (void)n;
 #endif
     check(gemm_bf16(false, true, M, N, K, 1.0f, x, K, w, K, 0.0f, C, N, bias, ep, pre, stream_), op);
   }

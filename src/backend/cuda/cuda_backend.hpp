@@ -9,7 +9,9 @@
 // into device scratch). A model's large block activations are bf16 between ops (the bf16_t
 // overloads; bf16_matmul_inputs(D) is true where the attention at head dim D runs on bf16 tensor
 // cores, so activation_dtype = "auto" chooses them there): the norm, GEMM, RoPE and SwiGLU
-// kernels write them and the products, attention and backward kernels read them with no cast.
+// kernels write them and the products, attention and backward kernels read them with no cast,
+// except where cuBLASLt runs a product that writes them (fp32 scratch, then one cast) and at head
+// dims the bf16 attention does not take (widened into scratch for the fp32 kernels).
 // Everything else (softmax, cross-entropy, AdamW, reductions) computes in fp32.
 //
 // Memory: alloc() returns CUDA managed memory (cudaMallocManaged) from a caching allocator
