@@ -688,7 +688,7 @@ class CudaBackend final : public Backend {
   void matmul16(const char* op, int M, int N, int K, const bf16* x, const bf16* w, bf16* C, const float* bias,
                 GemmEpilogue ep, bf16* pre) {
 #if !defined(NURI_CUDA_EMU)
-    if (M > 0 && gemm_->choose(GemmShapeKey{false, true, M, N, K, gemm_epilogue_name(ep)}) == GemmImpl::cublaslt) {
+    if (M > 0 && gemm_->tries_cublaslt(GemmShapeKey{false, true, M, N, K, gemm_epilogue_name(ep)})) {
       const int chunk = int(std::clamp<size_t>(kCastChunkFloats / size_t(N), 1, size_t(M)));
       float* c = scratch<float>(kF32A, size_t(chunk) * N);
       float* p = pre ? scratch<float>(kF32B, size_t(chunk) * N) : nullptr;

@@ -42,6 +42,10 @@ class GemmDispatch {
 
   // The implementation run() would try first for this shape (before any fallback).
   GemmImpl choose(const GemmShapeKey& key) const;
+  // Whether run() would try cuBLASLt for this shape: chosen, and cuBLASLt usable here.
+  bool tries_cublaslt(const GemmShapeKey& key) const {
+    return choose(key) == GemmImpl::cublaslt && cublaslt_.ok();
+  }
 
   // One line for the start-up log, e.g. "gemm: NURI_GEMM=auto, table /x/h100.tsv (54 shapes,
   // from 'NVIDIA H100 ..., 2026-11-24'), shapes not in it: cuBLASLt".
