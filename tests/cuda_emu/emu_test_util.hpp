@@ -4,6 +4,7 @@
 // NURI_CUDA_EMU mode provides cudaStream_t and __nv_bfloat16).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -68,6 +69,19 @@ inline Vec from_bf16(const std::vector<__nv_bfloat16>& v) {
   Vec out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
   return out;
+}
+
+// |got - want| <= rtol * scale + 1e-6 elementwise, with scale the largest |want| (for sums whose
+// fp32 accumulation order differs).
+inline void check_close_scaled(const std::string& what, const Vec& got, const Vec& want, float rtol) {
+  float scale = 0.0f;
+  for (float w : want) scale = std::max(scale, std::fabs(w));
+  check_close(what, got, want, 0.0f, rtol * scale + 1e-6f);
+}
+
+// Random values that are exactly representable in bf16.
+inline Vec bf16_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  return from_bf16(to_bf16(random_vec(n, seed, lo, hi)));
 }
 
 constexpr float kBf16Rtol = 1.0f / 128;  // output rounding 2^-9 plus fp32-vs-rounded-input slack

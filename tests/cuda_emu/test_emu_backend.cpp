@@ -27,11 +27,6 @@ nuri::Backend& gpu() {
   return *backend;
 }
 
-// Random values that are exactly representable in bf16.
-Vec bf16_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  return from_bf16(to_bf16(random_vec(n, seed, lo, hi)));
-}
-
 // A backend buffer holding `v` (managed memory: the host writes it directly).
 struct Buf {
   nuri::Backend& be;
@@ -49,14 +44,6 @@ struct Buf {
     return Vec(p, p + n);
   }
 };
-
-// |got - want| <= rtol * scale + atol elementwise, with scale the largest |want| (for sums whose
-// fp32 accumulation order differs).
-void check_close_scaled(const std::string& what, const Vec& got, const Vec& want, float rtol) {
-  float scale = 0.0f;
-  for (float w : want) scale = std::max(scale, std::fabs(w));
-  check_close(what, got, want, 0.0f, rtol * scale + 1e-6f);
-}
 
 }  // namespace
 

@@ -77,20 +77,6 @@ Vec widen(const std::vector<bf16_t>& h) {
   return v;
 }
 
-// Random values that are bf16 already (weights, so both sides multiply the same numbers).
-Vec bf16_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  return widen(host16(random_vec(n, seed, lo, hi)));
-}
-
-// |got - want| <= rtol * (largest |want|) + 1e-6, elementwise.
-void check_scaled(const std::string& what, const Vec& got, const Vec& want, float rtol) {
-  float scale = 0.0f;
-  for (float w : want) scale = std::max(scale, std::fabs(w));
-  check_close(what, got, want, 0.0f, rtol * scale + 1e-6f);
-}
-
-constexpr float kBf16 = 1.0f / 128;  // two bf16 roundings of a tensor's largest value
-
 }  // namespace
 
 TEST_CASE("bf16 activation ops: norms write bf16 as the fp32 norm rounded", "[backend][bf16]") {
@@ -104,12 +90,12 @@ TEST_CASE("bf16 activation ops: norms write bf16 as the fp32 norm rounded", "[ba
   Vec hmean(N), hrstd(N);
   g.layernorm_forward(out.p(), mean.p(), rstd.p(), dx.p(), dw.p(), db.p(), N, C, 1e-5f);
   cpu().layernorm_forward(h.data(), hmean.data(), hrstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
-  check_scaled("layernorm_forward bf16 out", out.get(), widen(h), kBf16);
+  check_close_scaled("layernorm_forward bf16 out", out.get(), widen(h), kBf16Rtol);
   check_close("layernorm_forward mean", mean.get(), hmean, 1e-5f, 1e-6f);
   check_close("layernorm_forward rstd", rstd.get(), hrstd, 1e-5f, 1e-6f);
   g.rmsnorm_forward(out.p(), rstd.p(), dx.p(), dw.p(), N, C, 1e-5f);
   cpu().rmsnorm_forward(h.data(), hrstd.data(), x.data(), w.data(), N, C, 1e-5f);
-  check_scaled("rmsnorm_forward bf16 out", out.get(), widen(h), kBf16);
+  check_close_scaled("rmsnorm_forward bf16 out", out.get(), widen(h), kBf16Rtol);
   check_close("rmsnorm_forward rstd", rstd.get(), hrstd, 1e-5f, 1e-6f);
 }
 
@@ -129,7 +115,7 @@ TEST_CASE("bf16 activation ops: products read (and write) bf16 activations", "[b
     std::vector<bf16_t> hy(size_t(N) * OC);
     g.linear_forward(y.p(), dx.p(), dw.p(), bias ? db.p() : nullptr, N, IC, OC);
     cpu().linear_forward(hy.data(), hx.data(), w.data(), bias ? b.data() : nullptr, N, IC, OC);
-    check_scaled("linear_forward bf16 -> bf16", y.get(), widen(hy), kBf16);
+    check_close_scaled("linear_forward bf16 -> bf16", y.get(), widen(hy), kBf16Rtol);
     // bf16 -> fp32, accumulating onto what is there
     const Vec y0 = random_vec(size_t(N) * OC, 7);
     F32 yf(g, y0.size());
@@ -137,15 +123,15 @@ TEST_CASE("bf16 activation ops: products read (and write) bf16 activations", "[b
     Vec hyf = y0;
     g.linear_forward(yf.p(), dx.p(), dw.p(), bias ? db.p() : nullptr, N, IC, OC, true);
     cpu().linear_forward(hyf.data(), hx.data(), w.data(), bias ? b.data() : nullptr, N, IC, OC, true);
-    check_scaled("linear_forward bf16 -> fp32, accumulate", yf.get(), hyf, 1e-5f);
+    check_close_scaled("linear_forward bf16 -> fp32, accumulate", yf.get(), hyf, 1e-5f);
   }
   // GELU in the epilogue: pre and out in bf16.
   B16 pre(g, size_t(N) * OC), out(g, size_t(N) * OC);
   std::vector<bf16_t> hpre(pre.n), hout(out.n);
   g.linear_gelu_forward(pre.p(), out.p(), dx.p(), dw.p(), db.p(), N, IC, OC);
   cpu().linear_gelu_forward(hpre.data(), hout.data(), hx.data(), w.data(), b.data(), N, IC, OC);
-  check_scaled("linear_gelu_forward pre", pre.get(), widen(hpre), kBf16);
-  check_scaled("linear_gelu_forward out", out.get(), widen(hout), kBf16);
+  check_close_scaled("linear_gelu_forward pre", pre.get(), widen(hpre), kBf16Rtol);
+  check_close_scaled("linear_gelu_forward out", out.get(), widen(hout), kBf16Rtol);
   // Backward from a bf16 input: dinp (needs no input), dweight and dbias accumulate.
   const Vec dy = bf16_values(size_t(N) * OC, 8);
   F32 ddy(g, dy.size()), dinp(g, x.size()), gw(g, w.size()), gb(g, OC);
@@ -153,9 +139,9 @@ TEST_CASE("bf16 activation ops: products read (and write) bf16 activations", "[b
   Vec hdinp(x.size()), hgw(w.size(), 0.0f), hgb(OC, 0.0f);
   g.linear_backward(dinp.p(), gw.p(), gb.p(), ddy.p(), dx.p(), dw.p(), N, IC, OC);
   cpu().linear_backward(hdinp.data(), hgw.data(), hgb.data(), dy.data(), hx.data(), w.data(), N, IC, OC);
-  check_scaled("linear_backward dinp", dinp.get(), hdinp, 1e-5f);
-  check_scaled("linear_backward dweight", gw.get(), hgw, 1e-5f);
-  check_scaled("linear_backward dbias", gb.get(), hgb, 1e-5f);
+  check_close_scaled("linear_backward dinp", dinp.get(), hdinp, 1e-5f);
+  check_close_scaled("linear_backward dweight", gw.get(), hgw, 1e-5f);
+  check_close_scaled("linear_backward dbias", gb.get(), hgb, 1e-5f);
 }
 
 TEST_CASE("bf16 activation ops: GELU backward, SwiGLU and RoPE on bf16", "[backend][bf16]") {
@@ -178,7 +164,7 @@ TEST_CASE("bf16 activation ops: GELU backward, SwiGLU and RoPE on bf16", "[backe
   std::vector<bf16_t> hact(act.n);
   g.swiglu_forward(act.p(), dgu.p(), N, F);
   cpu().swiglu_forward(hact.data(), host16(gu).data(), N, F);
-  check_scaled("swiglu_forward bf16", act.get(), widen(hact), kBf16);
+  check_close_scaled("swiglu_forward bf16", act.get(), widen(hact), kBf16Rtol);
   F32 dgu_grad(g, gu.size());
   Vec hdgu(gu.size());
   g.swiglu_backward(dgu_grad.p(), dgu.p(), ddy.p(), N, F);
@@ -193,7 +179,7 @@ TEST_CASE("bf16 activation ops: GELU backward, SwiGLU and RoPE on bf16", "[backe
   std::vector<bf16_t> hq = host16(qkv);
   g.rope(dq.p() + H * D, B, T, KV, D, R, 10000.0f);
   cpu().rope(hq.data() + H * D, B, T, KV, D, R, 10000.0f);
-  check_scaled("rope on bf16 k heads", dq.get(), widen(hq), kBf16);
+  check_close_scaled("rope on bf16 k heads", dq.get(), widen(hq), kBf16Rtol);
   const Vec got = dq.get(), before = widen(host16(qkv));
   size_t untouched = 0, same = 0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -219,12 +205,12 @@ TEST_CASE("bf16 activation ops: attention reads bf16 qkv and writes bf16 output"
     Vec hlse(lse.n), hgrad(qkv.size());
     g.attention_forward(out.p(), lse.p(), dqkv.p(), B, T, H, KV, D);
     cpu().attention_forward(hout.data(), hlse.data(), hqkv.data(), B, T, H, KV, D);
-    check_scaled("attention_forward bf16 out", out.get(), widen(hout), 2e-2f);
-    check_scaled("attention_forward lse", lse.get(), hlse, 1e-3f);
+    check_close_scaled("attention_forward bf16 out", out.get(), widen(hout), 2e-2f);
+    check_close_scaled("attention_forward lse", lse.get(), hlse, 1e-3f);
     // Both backwards from the same bf16 output and lse (the cuda ones), so only the kernels differ.
     const Vec o = out.get(), l = lse.get();
     g.attention_backward(grad.p(), ddout.p(), dqkv.p(), out.p(), lse.p(), B, T, H, KV, D);
     cpu().attention_backward(hgrad.data(), dout.data(), hqkv.data(), host16(o).data(), l.data(), B, T, H, KV, D);
-    check_scaled("attention_backward from bf16", grad.get(), hgrad, 2e-2f);
+    check_close_scaled("attention_backward from bf16", grad.get(), hgrad, 2e-2f);
   }
 }

@@ -25,13 +25,7 @@ using Vec = std::vector<float>;
 Vec bf16_randn(size_t n, uint64_t seed, double scale = 1.0) {
   Rng rng(seed);
   Vec v(n);
-  for (float& x : v) {
-    const float f = float(scale * rng.normal());
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(&x, &u, 4);
-  }
+  for (float& x : v) x = bf16_widen(bf16_round(float(scale * rng.normal())));
   return v;
 }
 

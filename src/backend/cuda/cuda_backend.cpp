@@ -224,18 +224,8 @@ class CudaBackend final : public Backend {
 
   // The kernels read and write these activations in bf16 as they are, with no cast, except where
   // cuBLASLt runs a product that writes bf16 (it writes fp32 scratch, cast once: matmul16) and
-  // the fp32 attention kernels (head dims other than 64 and 128: widened into scratch).
-  using Backend::attention_backward;
-  using Backend::attention_forward;
-  using Backend::gelu_backward;
-  using Backend::layernorm_forward;
-  using Backend::linear_backward;
-  using Backend::linear_forward;
-  using Backend::linear_gelu_forward;
-  using Backend::rmsnorm_forward;
-  using Backend::rope;
-  using Backend::swiglu_backward;
-  using Backend::swiglu_forward;
+  // the fp32 attention kernels (head dims other than 64 and 128: widened into scratch). Every
+  // overload of these ops is overridden here, so none is hidden.
 
   void layernorm_forward(bf16_t* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int N, int C, float eps) override {
@@ -298,7 +288,8 @@ class CudaBackend final : public Backend {
       float* q = widen(kF32A, qkv, rows * width, "attention_forward (bf16)");
       float* o = scratch<float>(kF32B, rows * ow);
       check(cuda::attention_forward(o, lse, q, B, T, H, KV, D, stream_), "attention_forward (fp32 kernels)");
-      cast_out("attention_forward (bf16)", out, o, rows * ow);
+      if (rows * ow > 0) check(cast_f32_to_bf16(dev(out), o, rows * ow, stream_), "attention_forward (bf16): cast");
+      finish("attention_forward (bf16)");
       return;
     }
     check_aligned("attention_forward (bf16)", {qkv, out});
@@ -754,11 +745,6 @@ class CudaBackend final : public Backend {
     float* x = scratch<float>(slot, n);
     if (n) check(cast_bf16_to_f32(x, dev(src), n, stream_), op);
     return x;
-  }
-  // out (n) = src rounded to bf16; the end of an op.
-  void cast_out(const char* op, bf16_t* out, const float* src, size_t n) {
-    if (n) check(cast_f32_to_bf16(dev(out), src, n, stream_), op);
-    finish(op);
   }
 
   // The bf16 attention kernels and cuDNN read and write bf16 16 bytes at a time.
